@@ -1,0 +1,23 @@
+"""Keras 3 layers that turn integer ids into dense vectors.
+
+`Embedding` gathers rows, `Dense` multiplies (dense or sparse inputs), and
+`DimensionReducer` does either with the same weight, picking the faster one.
+"""
+
+import keras
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        "keras_lookup needs Keras on the TensorFlow backend, but Keras is "
+        f"running on {keras.backend.backend()!r}. Set the environment variable "
+        "KERAS_BACKEND=tensorflow before Python starts (for example "
+        "`export KERAS_BACKEND=tensorflow`)."
+    )
+
+from keras_lookup.dense import Dense  # noqa: E402
+from keras_lookup.dimension_reducer import DimensionReducer  # noqa: E402
+from keras_lookup.embedding import Embedding  # noqa: E402
+from keras_lookup.saving import save_model  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["Dense", "DimensionReducer", "Embedding", "save_model"]

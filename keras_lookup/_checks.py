@@ -1,0 +1,159 @@
+"""Argument and id validation shared by every keras_lookup layer.
+
+Ids are checked once, here, so that every layer, strategy and input form
+(dense, ragged, sparse, bags) rejects the same bad input with the same
+message, eagerly and inside graphs.
+"""
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
+
+INVALID_IDS_MODES = ("raise", "zeros")
+
+# The largest integer below which every integer is exactly representable.
+_EXACT_INTEGER_LIMIT = {
+    tf.float16: 2**11,
+    tf.bfloat16: 2**8,
+    tf.float32: 2**24,
+    tf.float64: 2**53,
+}
+_INT32_MAX = 2**31 - 1
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    if value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(
+            f"`{name}` must be one of {allowed}. Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be a boolean. Received: {name}={value!r}")
+    return bool(value)
+
+
+def index_dtype(vocab_size):
+    return tf.int32 if vocab_size <= _INT32_MAX else tf.int64
+
+
+def in_xla_context():
+    graph = tf.compat.v1.get_default_graph()
+    return control_flow_util.GraphOrParentsInXlaContext(graph)
+
+
+def check_static_id_dtype(dtype, vocab_size, layer_name, arg_name):
+    dtype = tf.as_dtype(dtype)
+    if dtype == tf.string:
+        raise TypeError(
+            f"Layer '{layer_name}' received string ids. Ids must be integers in "
+            f"[0, {vocab_size}). Map strings to ids first, for example with "
+            "`keras.layers.StringLookup` or `keras.layers.TextVectorization`."
+        )
+    if not (dtype.is_integer or dtype.is_floating):
+        raise TypeError(
+            f"Layer '{layer_name}' received ids of dtype {dtype.name}. Ids must "
+            f"be integers in [0, {vocab_size}); pass an integer tensor."
+        )
+    limit = _EXACT_INTEGER_LIMIT.get(dtype)
+    if limit is not None and vocab_size > limit:
+        raise TypeError(
+            f"Layer '{layer_name}' received {dtype.name} ids, but {dtype.name} "
+            f"cannot represent every id below `{arg_name}={vocab_size}` exactly "
+            f"(it is exact only up to {limit}). Pass int32 or int64 ids, e.g. "
+            "`keras.Input(shape, dtype='int32')`."
+        )
+
+
+def assert_all(ok, values, message_template):
+    """Raises `InvalidArgumentError` unless every element of `ok` is True.
+
+    `message_template` holds up to two `{}` fields, filled in with the first
+    failing element of `values` (flattened) and its flat position. The message
+    is only built when the check fails. Returns a tensor to use as a control
+    dependency in graphs, or `None` in eager mode.
+    """
+    ok = tf.reshape(ok, [-1])
+    values = tf.reshape(values, [-1])
+    fields = message_template.count("{}")
+    if tf.executing_eagerly():
+        ok_np = ok.numpy()
+        if not ok_np.all():
+            position = int(np.flatnonzero(~ok_np)[0])
+            value = values.numpy()[position]
+            args = (value, position)[:fields]
+            message = message_template.format(*args)
+            raise tf.errors.InvalidArgumentError(None, None, message)
+        return None
+    all_ok = tf.reduce_all(ok)
+
+    def fail():
+        position = tf.argmin(tf.cast(ok, tf.int32), output_type=tf.int64)
+        args = [tf.gather(values, position), position][:fields]
+        message = tf.strings.format(message_template, args, summarize=-1)
+        check = tf.debugging.Assert(False, [message])
+        with tf.control_dependencies([check]):
+            return tf.identity(all_ok)
+
+    return tf.cond(all_ok, lambda: tf.identity(all_ok), fail)
+
+
+def safe_name(name):
+    """A layer name that cannot be mistaken for a `{}` format field."""
+    return name.replace("{", "(").replace("}", ")")
+
+
+def with_dependency(tensor, dependency):
+    if dependency is None:
+        return tensor
+    with tf.control_dependencies([dependency]):
+        return tf.identity(tensor)
+
+
+def validate_ids(ids, vocab_size, invalid_ids, layer_name, arg_name):
+    """Checks a dense tensor of ids and returns them as index tensors.
+
+    Returns `(ids, valid, fill)`. `ids` has dtype int32 (int64 for vocabularies
+    beyond int32) and is safe to gather with. When `valid` is not `None`, the
+    entries where it is False were invalid and were replaced by id 0; their
+    output must be replaced by `fill` (0.0 for `invalid_ids="zeros"`, NaN under
+    XLA, where no error can be raised).
+    """
+    check_static_id_dtype(ids.dtype, vocab_size, layer_name, arg_name)
+    target = index_dtype(vocab_size)
+    dtype = tf.as_dtype(ids.dtype)
+    if dtype.is_floating:
+        valid = (ids >= 0) & (ids < vocab_size) & tf.equal(ids, tf.floor(ids))
+    else:
+        # Unsigned and int64 ids are compared in int64 before any narrowing cast,
+        # so that a huge id can never wrap into the valid range.
+        wide = ids if dtype in (tf.int32, tf.int64) else tf.cast(ids, tf.int64)
+        valid = (wide >= 0) & (wide < vocab_size)
+    if invalid_ids == "raise" and not in_xla_context():
+        message = (
+            f"Layer '{safe_name(layer_name)}' received id {{}} (at flat position "
+            f"{{}}), which is not an integer in the valid range "
+            f"[0, {vocab_size}) set by `{arg_name}={vocab_size}`. Fix the ids, "
+            f"enlarge `{arg_name}` if the vocabulary is larger, or pass "
+            '`invalid_ids="zeros"` to map invalid ids to a zero vector.'
+        )
+        check = assert_all(valid, ids, message)
+        return with_dependency(tf.cast(ids, target), check), None, None
+    fill = 0.0 if invalid_ids == "zeros" else float("nan")
+    safe = tf.where(valid, tf.cast(ids, target), tf.zeros([], target))
+    return safe, valid, fill

@@ -1,0 +1,338 @@
+"""Row lookup and bag reduction, shared by `Embedding` and `DimensionReducer`.
+
+Every input form is reduced to one of two shapes of work:
+
+- one vector per id (`lookup`): dense, ragged or sparse ids;
+- one vector per bag (`reduce_bags`): flat `(ids, weights, row)` triples with a
+  row count, built from dense-padded, ragged, sparse or multi-hot input.
+
+Each has two strategies over the same `(vocab, dim)` table: `"gather"` selects
+rows (its gradient is a `tf.IndexedSlices`), `"matmul"` multiplies a one-hot or
+multi-hot matrix with the table (its gradient is dense).
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_lookup import _checks
+
+SUPPORTED_COMBINERS = ("sum", "mean", "sqrtn")
+SUPPORTED_STRATEGIES = ("auto", "gather", "matmul")
+SUPPORTED_INPUT_FORMATS = ("ids", "multi_hot")
+
+# `strategy="auto"` thresholds, from the forward+backward measurements in
+# shared/FACTS.md (2-core CPU, TF 2.21): for one id per position, one-hot matmul
+# is level with or faster than gather up to V = 8-16 and gather wins from
+# V = 32; for bags, matmul wins at V = 256 (k = 8 and 64) and at V <= 4,096
+# once bags hold about 64 ids, while gather+segment-sum wins at k = 8 beyond
+# V = 256.
+AUTO_MATMUL_MAX_VOCAB = 16
+AUTO_BAG_MATMUL_MAX_VOCAB = 256
+AUTO_LARGE_BAG_MATMUL_MAX_VOCAB = 4096
+AUTO_LARGE_BAG_IDS = 64
+
+
+def resolve_strategy(vocab_size, bags, ids_per_row=None):
+    if not bags:
+        return "matmul" if vocab_size <= AUTO_MATMUL_MAX_VOCAB else "gather"
+    if vocab_size <= AUTO_BAG_MATMUL_MAX_VOCAB:
+        return "matmul"
+    large_bags = ids_per_row is not None and ids_per_row >= AUTO_LARGE_BAG_IDS
+    if large_bags and vocab_size <= AUTO_LARGE_BAG_MATMUL_MAX_VOCAB:
+        return "matmul"
+    return "gather"
+
+
+def rows(table, ids, strategy):
+    """One table row per id in the flat or dense int tensor `ids`."""
+    if strategy == "gather":
+        return tf.gather(table, ids)
+    one_hot = tf.one_hot(ids, tf.shape(table)[0], dtype=table.dtype)
+    flat = tf.reshape(one_hot, [-1, tf.shape(table)[0]])
+    out = tf.matmul(flat, table)
+    return tf.reshape(out, tf.concat([tf.shape(ids), tf.shape(table)[1:]], 0))
+
+
+def _fill_invalid(out, valid, fill):
+    if valid is None:
+        return out
+    fill = tf.constant(fill, out.dtype)
+    return tf.where(valid[..., None], out, fill)
+
+
+def lookup(table, ids, strategy, check):
+    """One vector per id; `check(ids) -> (ids, valid, fill)` validates ids.
+
+    Dense ids of shape `S` give `S + (dim,)`; ragged ids give ragged output;
+    sparse ids give a dense `dense_shape + (dim,)` output with zero vectors
+    where the sparse input has no entry.
+    """
+    if isinstance(ids, tf.RaggedTensor):
+        flat, valid, fill = check(ids.flat_values)
+        return ids.with_flat_values(
+            _fill_invalid(rows(table, flat, strategy), valid, fill)
+        )
+    if isinstance(ids, tf.SparseTensor):
+        flat, valid, fill = check(ids.values)
+        out = _fill_invalid(rows(table, flat, strategy), valid, fill)
+        shape = tf.concat([ids.dense_shape, tf.shape(table, tf.int64)[1:]], 0)
+        return tf.scatter_nd(ids.indices, out, shape)
+    safe, valid, fill = check(ids)
+    return _fill_invalid(rows(table, safe, strategy), valid, fill)
+
+
+class Bags:
+    """Flat bag contents: `ids[i]` with weight `weights[i]` belongs to `row[i]`.
+
+    `weights` is `None` when every id counts once. Output rows are laid out in
+    `outer_shape` (the input's shape without its last axis). `dense`, when set,
+    is the same bags as a `(nrows, vocab)` multi-hot matrix (then `ids` and
+    `row` may be `None`).
+    """
+
+    def __init__(self, ids, weights, row, nrows, outer_shape, dense=None):
+        self.ids = ids
+        self.weights = weights
+        self.row = row
+        self.nrows = nrows
+        self.outer_shape = outer_shape
+        self.dense = dense
+
+    def row_sums(self, values):
+        if self.dense is not None:
+            return tf.reduce_sum(tf.reshape(values, tf.shape(self.dense)), axis=1)
+        return tf.math.unsorted_segment_sum(values, self.row, self.nrows)
+
+    def multi_hot(self, vocab_size, dtype):
+        if self.dense is not None:
+            return tf.cast(self.dense, dtype)
+        if self.weights is None:
+            values = tf.ones_like(self.ids, dtype=dtype)
+        else:
+            values = tf.cast(self.weights, dtype)
+        index = self.ids.dtype
+        coords = tf.stack([tf.cast(self.row, index), self.ids], axis=1)
+        shape = tf.stack([tf.cast(self.nrows, index), tf.constant(vocab_size, index)])
+        # scatter_nd adds duplicates, so an id twice in a bag counts twice.
+        return tf.scatter_nd(coords, values, shape)
+
+
+def reduce_bags(table, bags, combiner, strategy, dtype):
+    """Combines each bag's rows of `table` with `"sum"`, `"mean"` or `"sqrtn"`.
+
+    Empty bags (and bags whose weights are all zero) give a zero vector.
+    """
+    weights = bags.weights
+    if strategy == "gather":
+        vectors = tf.gather(table, bags.ids)
+        if weights is not None:
+            vectors = vectors * tf.cast(weights, dtype)[:, None]
+        sums = tf.math.unsorted_segment_sum(vectors, bags.row, bags.nrows)
+    else:
+        sums = tf.matmul(bags.multi_hot(table.shape[0], dtype), table)
+    if combiner in ("mean", "sqrtn"):
+        if weights is None:
+            weights = tf.ones_like(bags.ids, dtype=tf.float32)
+        weights = tf.cast(weights, tf.float32)
+        if combiner == "mean":
+            denominator = bags.row_sums(weights)
+        else:
+            denominator = tf.sqrt(bags.row_sums(weights**2))
+        sums = tf.math.divide_no_nan(sums, tf.cast(denominator, dtype)[:, None])
+    out_shape = tf.concat([bags.outer_shape, tf.shape(table)[1:]], 0)
+    return tf.reshape(sums, out_shape)
+
+
+def _weights_dtype(weights, layer_name):
+    dtype = tf.as_dtype(weights.dtype)
+    if not (dtype.is_floating or dtype.is_integer):
+        raise TypeError(
+            f"Layer '{layer_name}' received weights of dtype {dtype.name}; "
+            "weights must be a float or integer tensor shaped like the ids."
+        )
+
+
+def _check_same(ok, layer_name, what):
+    return _checks.assert_all(
+        ok,
+        tf.zeros_like(ok, tf.int32),
+        f"Layer '{_checks.safe_name(layer_name)}' received weights whose "
+        f"{what} do not match the ids'. Pass `weights` shaped exactly like the "
+        "ids (the same dense shape, ragged row lengths or sparse indices).",
+    )
+
+
+def _check_weights(weights, combiner, layer_name):
+    if combiner != "mean":
+        return None
+    return _checks.assert_all(
+        weights >= 0,
+        weights,
+        f"Layer '{_checks.safe_name(layer_name)}' received weight {{}} (at flat "
+        'position {}), but `combiner="mean"` needs non-negative weights: it '
+        "divides by their sum. Use non-negative weights, or "
+        '`combiner="sum"` / `"sqrtn"`, which accept any sign.',
+    )
+
+
+def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
+    """Bags from `(..., ids_per_row)` dense, 2D ragged or 2D sparse ids.
+
+    `keep` (dense input only) is a boolean tensor shaped like `ids`; entries
+    where it is False are padding and are left out of their bag.
+    """
+    deps = []
+    if weights is not None:
+        _weights_dtype(weights, layer_name)
+    if isinstance(ids, tf.RaggedTensor):
+        if ids.shape.rank != 2 or ids.ragged_rank != 1:
+            raise ValueError(
+                f"Layer '{layer_name}' with a combiner takes ragged ids of shape "
+                f"(batch, None). Received a ragged tensor of shape {ids.shape}."
+            )
+        if weights is not None:
+            if not isinstance(weights, tf.RaggedTensor):
+                raise TypeError(
+                    f"Layer '{layer_name}' received ragged ids, so `weights` must "
+                    f"be a tf.RaggedTensor too. Received: {type(weights).__name__}"
+                )
+            a, b = ids.row_splits, tf.cast(weights.row_splits, ids.row_splits.dtype)
+            same = tf.shape(a)[0] == tf.shape(b)[0]
+            same = tf.cond(same, lambda: tf.reduce_all(a == b), lambda: same)
+            deps.append(_check_same(same, layer_name, "row lengths"))
+            weights = weights.values
+        flat, row, nrows = ids.values, ids.value_rowids(), ids.nrows()
+        outer = tf.reshape(nrows, [1])
+    elif isinstance(ids, tf.SparseTensor):
+        if ids.shape.rank != 2:
+            raise ValueError(
+                f"Layer '{layer_name}' with a combiner takes sparse ids of rank 2, "
+                f"(batch, ids_per_row). Received rank {ids.shape.rank}."
+            )
+        if weights is not None:
+            if not isinstance(weights, tf.SparseTensor):
+                raise TypeError(
+                    f"Layer '{layer_name}' received sparse ids, so `weights` must "
+                    f"be a tf.SparseTensor too. Received: {type(weights).__name__}"
+                )
+            a, b = ids.indices, weights.indices
+            same = tf.reduce_all(tf.shape(a) == tf.shape(b))
+            same = tf.cond(same, lambda: tf.reduce_all(a == b), lambda: same)
+            deps.append(_check_same(same, layer_name, "indices"))
+            weights = weights.values
+        flat, row, nrows = ids.values, ids.indices[:, 0], ids.dense_shape[0]
+        outer = tf.reshape(nrows, [1])
+    else:
+        if ids.shape.rank is not None and ids.shape.rank < 2:
+            raise ValueError(
+                f"Layer '{layer_name}' with a combiner takes ids of shape "
+                f"(batch, ..., ids_per_row), rank >= 2. Received shape {ids.shape}."
+            )
+        if weights is not None:
+            if isinstance(weights, (tf.RaggedTensor, tf.SparseTensor)):
+                raise TypeError(
+                    f"Layer '{layer_name}' received dense ids, so `weights` must "
+                    f"be dense too. Received: {type(weights).__name__}"
+                )
+            if not weights.shape.is_compatible_with(ids.shape):
+                raise ValueError(
+                    f"Layer '{layer_name}' received weights of shape "
+                    f"{weights.shape} for ids of shape {ids.shape}; they must "
+                    "match."
+                )
+            same = tf.reduce_all(tf.shape(weights) == tf.shape(ids))
+            deps.append(_check_same(same, layer_name, "shape"))
+            weights = tf.reshape(weights, [-1])
+        shape = tf.shape(ids)
+        per_row = shape[-1]
+        outer = shape[:-1]
+        nrows = tf.reduce_prod(outer)
+        flat = tf.reshape(ids, [-1])
+        row = tf.range(tf.size(flat)) // tf.maximum(per_row, 1)
+        if keep is not None:
+            keep = tf.reshape(keep, [-1])
+            if weights is None:
+                weights = tf.cast(keep, tf.float32)
+            else:
+                weights = tf.where(keep, weights, tf.zeros_like(weights))
+    flat, valid, fill = check(flat)
+    if weights is not None:
+        deps.append(_check_weights(weights, combiner, layer_name))
+    if valid is not None:
+        weights = tf.ones_like(flat, tf.float32) if weights is None else weights
+        weights = tf.cast(weights, tf.float32)
+        weights = tf.where(valid, weights, tf.constant(fill, tf.float32))
+    for dep in deps:
+        flat = _checks.with_dependency(flat, dep)
+    return Bags(flat, weights, row, nrows, outer)
+
+
+def bags_from_multi_hot(x, vocab_size, combiner, layer_name, strategy):
+    """Bags from a `(..., vocab_size)` multi-hot / count matrix, dense or sparse.
+
+    Entry `x[..., j]` is the weight of id `j` in that row's bag.
+    """
+    _weights_dtype(x, layer_name)
+    if x.shape.rank is not None and x.shape[-1] not in (None, vocab_size):
+        raise ValueError(
+            f"Layer '{layer_name}' expects multi-hot input of shape "
+            f"(..., vocab_size={vocab_size}). Received shape {x.shape}."
+        )
+    deps = []
+    if isinstance(x, tf.SparseTensor):
+        if x.shape.rank != 2:
+            raise ValueError(
+                f"Layer '{layer_name}' takes sparse multi-hot input of rank 2, "
+                f"(batch, {vocab_size}). Received rank {x.shape.rank}."
+            )
+        width_ok = x.dense_shape[1] == vocab_size
+        deps.append(
+            _checks.assert_all(
+                width_ok,
+                x.dense_shape[1:],
+                f"Layer '{_checks.safe_name(layer_name)}' expects sparse multi-hot "
+                f"input with {vocab_size} columns (`vocab_size`). Received {{}} "
+                "columns.",
+            )
+        )
+        ids = tf.cast(x.indices[:, 1], _checks.index_dtype(vocab_size))
+        row, nrows, weights = x.indices[:, 0], x.dense_shape[0], x.values
+        outer = tf.reshape(nrows, [1])
+        dense = None
+    else:
+        shape = tf.shape(x)
+        outer = shape[:-1]
+        dense = tf.reshape(x, [-1, vocab_size])
+        nrows = tf.shape(dense)[0]
+        if strategy == "gather":
+            coords = tf.where(tf.not_equal(dense, 0))
+            ids = tf.cast(coords[:, 1], _checks.index_dtype(vocab_size))
+            row, weights = coords[:, 0], tf.gather_nd(dense, coords)
+        else:
+            ids = row = None
+            weights = tf.reshape(dense, [-1])
+    deps.append(_check_weights(weights, combiner, layer_name))
+    for dep in deps:
+        weights = _checks.with_dependency(weights, dep)
+    if dense is not None and strategy != "gather":
+        dense = _checks.with_dependency(dense, deps[-1])
+    else:
+        dense = None
+    return Bags(ids, weights, row, nrows, outer, dense)
+
+
+def padding_keep(ids, mask, mask_zero):
+    """Which entries of dense ids belong in their bag (None: all of them)."""
+    if isinstance(ids, (tf.RaggedTensor, tf.SparseTensor)):
+        return None
+    keep = tf.not_equal(ids, 0) if mask_zero else None
+    if mask is not None:
+        mask = tf.cast(mask, tf.bool)
+        keep = mask if keep is None else keep & mask
+    return keep
+
+
+def with_mask(outputs, mask):
+    if mask is not None:
+        keras.backend.set_keras_mask(outputs, mask)
+    return outputs

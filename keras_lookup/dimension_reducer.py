@@ -1,0 +1,264 @@
+import keras
+import tensorflow as tf
+
+from keras_lookup import _checks, _lookup
+
+
+@keras.saving.register_keras_serializable(package="keras_lookup")
+class DimensionReducer(keras.layers.Layer):
+    """Reduces ids from a vocabulary to dense features, by lookup or by matmul.
+
+    One layer, one weight, two ways to compute the same numbers:
+    `strategy="gather"` selects rows of the kernel (an embedding lookup);
+    `strategy="matmul"` multiplies a one-hot (or multi-hot) encoding of the ids
+    with the kernel (the Dense formulation, `one_hot(ids) @ kernel`). Both give
+    the same outputs and gradients to float rounding and share the weights
+    `kernel` `(vocab_size, units)` and `bias` `(units,)`, so a model saved with
+    one strategy loads and runs with the other. Unlike an embedding it can add a
+    bias and apply an activation. `"auto"` picks the strategy that measured
+    faster on CPU (see `keras_lookup._lookup.resolve_strategy`): matmul for tiny
+    vocabularies and for bags over small vocabularies, gather otherwise.
+
+    Ids are validated as in `keras_lookup.Embedding`: anything but an integer
+    in `[0, vocab_size)` raises, in either strategy.
+
+    Args:
+        vocab_size: Integer. Size of the vocabulary: ids lie in
+            `[0, vocab_size)`.
+        units: Integer. Number of output features.
+        strategy: String, one of `"auto"`, `"gather"`, `"matmul"`.
+        activation: Activation function (name or callable); `None` is linear.
+        use_bias: Boolean. Whether to add a bias vector.
+        kernel_initializer: Initializer for `kernel`.
+        bias_initializer: Initializer for `bias`.
+        kernel_regularizer: Regularizer function applied to `kernel`.
+        bias_regularizer: Regularizer function applied to `bias`.
+        activity_regularizer: Regularizer function applied to the output.
+        kernel_constraint: Constraint function applied to `kernel`.
+        bias_constraint: Constraint function applied to `bias`.
+        mask_zero: Boolean. Whether id 0 is padding: without a combiner the
+            output carries the mask `ids != 0`; with one, id 0 is left out of
+            its bag.
+        combiner: `None` or string, one of `"sum"`, `"mean"`, `"sqrtn"`: reduce
+            each row of ids (a bag) to one vector, as in
+            `keras_lookup.Embedding`. The bias and activation apply after the
+            reduction.
+        input_format: String, one of `"ids"` (default) or `"multi_hot"`. With
+            `"multi_hot"` the input is a `(batch, vocab_size)` multi-hot or
+            count matrix, dense or `tf.SparseTensor` (what
+            `keras.layers.CategoryEncoding` produces), whose entry `j` is the
+            weight of id `j`; `combiner=None` then means `"sum"`.
+        invalid_ids: String, one of `"raise"` (default) or `"zeros"`.
+
+    Call arguments:
+        inputs: Ids (dense, `tf.RaggedTensor` or `tf.SparseTensor`, as in
+            `keras_lookup.Embedding`), or a multi-hot matrix.
+        weights: Optional per-id weights for a combiner, shaped like `inputs`.
+        mask: Optional boolean mask shaped like dense `inputs`; with a combiner,
+            masked-out entries are left out of their bag.
+
+    Input shape:
+        Ids of shape `(batch, ...)`; with a combiner `(batch, ..., ids_per_row)`;
+        multi-hot `(batch, ..., vocab_size)`.
+
+    Output shape:
+        `(batch, ..., units)`, the bag (or vocabulary) axis reduced if any.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_lookup
+    >>> kernel = np.array([[1.0, -1.0], [2.0, 0.5], [0.0, 3.0]], "float32")
+    >>> outs = []
+    >>> for strategy in ("gather", "matmul"):
+    ...     layer = keras_lookup.DimensionReducer(
+    ...         3, 2, strategy=strategy, use_bias=True, activation="relu"
+    ...     )
+    ...     layer.build()
+    ...     layer.set_weights([kernel, np.array([0.5, 0.5], "float32")])
+    ...     outs.append(layer(np.array([2, 0, 1])).numpy().tolist())
+    >>> outs[0] == outs[1]
+    True
+    >>> outs[0]
+    [[0.5, 3.5], [1.5, 0.0], [2.5, 1.0]]
+    """
+
+    def __init__(
+        self,
+        vocab_size,
+        units,
+        strategy="auto",
+        activation=None,
+        use_bias=False,
+        kernel_initializer="uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        mask_zero=False,
+        combiner=None,
+        input_format="ids",
+        invalid_ids="raise",
+        **kwargs,
+    ):
+        vocab_size = _checks.check_positive_int("vocab_size", vocab_size)
+        units = _checks.check_positive_int("units", units)
+        _checks.check_choice("strategy", strategy, _lookup.SUPPORTED_STRATEGIES)
+        use_bias = _checks.check_bool("use_bias", use_bias)
+        mask_zero = _checks.check_bool("mask_zero", mask_zero)
+        _checks.check_choice(
+            "combiner", combiner, (None,) + _lookup.SUPPORTED_COMBINERS
+        )
+        _checks.check_choice(
+            "input_format", input_format, _lookup.SUPPORTED_INPUT_FORMATS
+        )
+        _checks.check_choice("invalid_ids", invalid_ids, _checks.INVALID_IDS_MODES)
+        if input_format == "multi_hot" and mask_zero:
+            raise ValueError(
+                '`mask_zero=True` applies to ids, not to `input_format="multi_hot"` '
+                "(a zero count already leaves an id out). Received: "
+                "mask_zero=True, input_format='multi_hot'"
+            )
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.vocab_size = vocab_size
+        self.units = units
+        self.strategy = strategy
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.mask_zero = mask_zero
+        self.combiner = combiner
+        self.input_format = input_format
+        self.invalid_ids = invalid_ids
+        self._bags = combiner is not None or input_format == "multi_hot"
+        self._strategy = strategy
+        if strategy == "auto":
+            self._strategy = _lookup.resolve_strategy(vocab_size, self._bags)
+        self.supports_masking = True
+        # See keras_lookup.Embedding: ids stay uncast, XLA cannot raise.
+        self.autocast = False
+        self.supports_jit = invalid_ids != "raise"
+
+    def build(self, input_shape=None):
+        if self.strategy == "auto" and self.input_format == "ids" and self._bags:
+            # Bags whose size is known up front refine the choice.
+            ids_per_row = None if input_shape is None else input_shape[-1]
+            self._strategy = _lookup.resolve_strategy(
+                self.vocab_size, True, ids_per_row
+            )
+        self.kernel = self.add_weight(
+            shape=(self.vocab_size, self.units),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+            name="kernel",
+        )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                shape=(self.units,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+                name="bias",
+            )
+        self.built = True
+
+    def call(self, inputs, weights=None, mask=None):
+        if self.input_format == "multi_hot":
+            out = self._multi_hot(inputs, weights)
+        elif self.combiner is not None:
+            out = self._combine(inputs, weights, mask)
+        else:
+            out = self._lookup(inputs, weights)
+        if self.bias is not None:
+            out = out + tf.cast(self.bias, self.compute_dtype)
+        return _lookup.with_mask(self.activation(out), self._mask(inputs))
+
+    def _check_ids(self, ids):
+        return _checks.validate_ids(
+            ids, self.vocab_size, self.invalid_ids, self.name, "vocab_size"
+        )
+
+    def _table(self):
+        if self._strategy == "matmul":
+            return tf.cast(self.kernel, self.compute_dtype)
+        return self.kernel
+
+    def _lookup(self, inputs, weights):
+        if weights is not None:
+            raise ValueError(
+                f"Layer '{self.name}' received `weights`, which only apply to bags "
+                "of ids. Pass `combiner=` ('sum', 'mean' or 'sqrtn') to use them."
+            )
+        out = _lookup.lookup(self._table(), inputs, self._strategy, self._check_ids)
+        return tf.cast(out, self.compute_dtype)
+
+    def _combine(self, inputs, weights, mask):
+        keep = _lookup.padding_keep(inputs, mask, self.mask_zero)
+        bags = _lookup.bags_from_ids(
+            inputs, weights, keep, self._check_ids, self.combiner, self.name
+        )
+        return self._reduce(bags)
+
+    def _multi_hot(self, inputs, weights):
+        if weights is not None:
+            raise ValueError(
+                f"Layer '{self.name}' received `weights` with "
+                '`input_format="multi_hot"`, where the matrix entries already are '
+                "the weights. Scale the multi-hot matrix instead."
+            )
+        bags = _lookup.bags_from_multi_hot(
+            inputs, self.vocab_size, self.combiner, self.name, self._strategy
+        )
+        return self._reduce(bags)
+
+    def _reduce(self, bags):
+        combiner = self.combiner or "sum"
+        table = self._table()
+        out = _lookup.reduce_bags(table, bags, combiner, self._strategy, table.dtype)
+        return tf.cast(out, self.compute_dtype)
+
+    def _mask(self, inputs):
+        if not self.mask_zero or self._bags or not isinstance(inputs, tf.Tensor):
+            return None
+        return tf.not_equal(inputs, 0)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocab_size": self.vocab_size,
+                "units": self.units,
+                "strategy": self.strategy,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(
+                    self.kernel_regularizer
+                ),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": keras.constraints.serialize(
+                    self.kernel_constraint
+                ),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+                "mask_zero": self.mask_zero,
+                "combiner": self.combiner,
+                "input_format": self.input_format,
+                "invalid_ids": self.invalid_ids,
+            }
+        )
+        return config

@@ -1,0 +1,184 @@
+import keras
+import tensorflow as tf
+
+from keras_lookup import _checks, _lookup
+
+
+@keras.saving.register_keras_serializable(package="keras_lookup")
+class Embedding(keras.layers.Layer):
+    """Turns integer ids into dense vectors by looking rows up in a table.
+
+    A drop-in replacement for `keras.layers.Embedding` (same argument names and
+    defaults where they overlap, same weight name `embeddings`) that never
+    gives a silent wrong answer: negative ids, ids `>= input_dim`, non-integer
+    float ids and string ids raise an error naming the layer, the id and the
+    valid range, eagerly, inside `tf.function` and in `model.fit`, on every
+    device. It also takes ragged and sparse ids, reduces bags of ids with a
+    `combiner`, and doubles as a tied output projection (`reverse=True`).
+
+    Args:
+        input_dim: Integer. Size of the vocabulary: ids lie in `[0, input_dim)`.
+        output_dim: Integer. Dimension of the dense vectors.
+        embeddings_initializer: Initializer for the `embeddings` table.
+        embeddings_regularizer: Regularizer function applied to the table.
+        embeddings_constraint: Constraint function applied to the table.
+        mask_zero: Boolean. Whether id 0 is padding. Without a combiner, the
+            layer then returns the mask `ids != 0` for later layers (as Keras's
+            Embedding does); with a combiner, id 0 is left out of its bag and
+            the output carries no mask.
+        combiner: `None` or string, one of `"sum"`, `"mean"`, `"sqrtn"`.
+            `None` gives one vector per id. Otherwise each row of ids (the last
+            axis of dense ids, a ragged row, a sparse row) is one bag, reduced
+            to one vector: `sum` is `Σ wᵢ·eᵢ`, `mean` divides by `Σ wᵢ`,
+            `sqrtn` by `sqrt(Σ wᵢ²)`. Empty bags give a zero vector.
+        invalid_ids: String, one of `"raise"` (default) or `"zeros"`. With
+            `"zeros"`, invalid ids give a zero vector, drop out of bags, and
+            send no gradient to the table.
+
+    Call arguments:
+        inputs: Integer ids (floats holding whole numbers are accepted): a
+            dense tensor of any rank, a `tf.RaggedTensor` (ragged output) or a
+            `tf.SparseTensor` (dense output, zero vectors where the sparse
+            input has no entry). With `reverse=True`: features of shape
+            `(..., output_dim)`.
+        weights: Optional per-id weights for a combiner, shaped like `inputs`
+            (dense, ragged or sparse to match). Weights must be non-negative
+            with `combiner="mean"`.
+        mask: Optional boolean mask shaped like dense `inputs`; with a combiner,
+            masked-out entries are left out of their bag.
+        reverse: Boolean. If True, returns the logits `inputs @ embeddings.T`,
+            of shape `(..., input_dim)`: the table used as the output
+            projection of a language model (weight tying).
+
+    Input shape:
+        Ids of shape `(batch, ...)`; with a combiner, `(batch, ..., ids_per_row)`.
+
+    Output shape:
+        `(batch, ..., output_dim)`; with a combiner, the bag axis is reduced.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_lookup
+    >>> table = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], "float32")
+    >>> layer = keras_lookup.Embedding(3, 2)
+    >>> layer.build()
+    >>> layer.set_weights([table])
+    >>> layer(np.array([[0, 2], [1, 1]])).numpy()[0].tolist()
+    [[0.10000000149011612, 0.20000000298023224], [0.5, 0.6000000238418579]]
+    >>> bag = keras_lookup.Embedding(3, 2, combiner="sum")
+    >>> bag.build()
+    >>> bag.set_weights([table])
+    >>> np.round(bag(np.array([[0, 2], [1, 1]])).numpy(), 3).tolist()
+    [[0.6, 0.8], [0.6, 0.8]]
+    """
+
+    def __init__(
+        self,
+        input_dim,
+        output_dim,
+        embeddings_initializer="uniform",
+        embeddings_regularizer=None,
+        embeddings_constraint=None,
+        mask_zero=False,
+        combiner=None,
+        invalid_ids="raise",
+        **kwargs,
+    ):
+        input_dim = _checks.check_positive_int("input_dim", input_dim)
+        output_dim = _checks.check_positive_int("output_dim", output_dim)
+        mask_zero = _checks.check_bool("mask_zero", mask_zero)
+        _checks.check_choice(
+            "combiner", combiner, (None,) + _lookup.SUPPORTED_COMBINERS
+        )
+        _checks.check_choice("invalid_ids", invalid_ids, _checks.INVALID_IDS_MODES)
+        super().__init__(**kwargs)
+        self.input_dim = input_dim
+        self.output_dim = output_dim
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
+        self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
+        self.mask_zero = mask_zero
+        self.combiner = combiner
+        self.invalid_ids = invalid_ids
+        # Masks are set in `call` (as keras.layers.ReversibleEmbedding does), so
+        # that `reverse=True` passes the features' mask on instead of making one.
+        self.supports_masking = True
+        # Ids must never be cast to a float compute dtype (float16 holds ids
+        # exactly only up to 2048), so the layer casts its outputs itself.
+        self.autocast = False
+        # XLA cannot raise an error from inside a compiled step, so Keras's
+        # automatic jit_compile would turn invalid ids into NaN outputs instead.
+        self.supports_jit = invalid_ids != "raise"
+
+    def build(self, input_shape=None):
+        self.embeddings = self.add_weight(
+            shape=(self.input_dim, self.output_dim),
+            initializer=self.embeddings_initializer,
+            regularizer=self.embeddings_regularizer,
+            constraint=self.embeddings_constraint,
+            name="embeddings",
+        )
+        self.built = True
+
+    def call(self, inputs, weights=None, mask=None, reverse=False):
+        if reverse:
+            return _lookup.with_mask(self._reverse(inputs), mask)
+        if self.combiner is not None:
+            return self._combine(inputs, weights, mask)
+        if weights is not None:
+            raise ValueError(
+                f"Layer '{self.name}' received `weights`, which only apply to bags "
+                "of ids. Pass `combiner=` ('sum', 'mean' or 'sqrtn') to use them."
+            )
+        out = _lookup.lookup(self.embeddings, inputs, "gather", self._check_ids)
+        return _lookup.with_mask(tf.cast(out, self.compute_dtype), self._mask(inputs))
+
+    def _check_ids(self, ids):
+        return _checks.validate_ids(
+            ids, self.input_dim, self.invalid_ids, self.name, "input_dim"
+        )
+
+    def _combine(self, inputs, weights, mask):
+        keep = _lookup.padding_keep(inputs, mask, self.mask_zero)
+        bags = _lookup.bags_from_ids(
+            inputs, weights, keep, self._check_ids, self.combiner, self.name
+        )
+        return _lookup.reduce_bags(
+            self.embeddings, bags, self.combiner, "gather", self.compute_dtype
+        )
+
+    def _reverse(self, inputs):
+        table = tf.cast(self.embeddings, self.compute_dtype)
+        inputs = tf.cast(inputs, self.compute_dtype)
+        return tf.matmul(inputs, table, transpose_b=True)
+
+    def _mask(self, inputs):
+        if not self.mask_zero or not isinstance(inputs, tf.Tensor):
+            return None
+        return tf.not_equal(inputs, 0)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "input_dim": self.input_dim,
+                "output_dim": self.output_dim,
+                "embeddings_initializer": keras.initializers.serialize(
+                    self.embeddings_initializer
+                ),
+                "embeddings_regularizer": keras.regularizers.serialize(
+                    self.embeddings_regularizer
+                ),
+                "embeddings_constraint": keras.constraints.serialize(
+                    self.embeddings_constraint
+                ),
+                "mask_zero": self.mask_zero,
+                "combiner": self.combiner,
+                "invalid_ids": self.invalid_ids,
+            }
+        )
+        return config
