@@ -11,7 +11,6 @@ rows (its gradient is a `tf.IndexedSlices`), `"matmul"` multiplies a one-hot or
 multi-hot matrix with the table (its gradient is dense).
 """
 
-import keras
 import tensorflow as tf
 
 from keras_lookup import _checks
@@ -139,7 +138,8 @@ def reduce_bags(table, bags, combiner, strategy, dtype):
         else:
             denominator = tf.sqrt(bags.row_sums(weights**2))
         sums = tf.math.divide_no_nan(sums, tf.cast(denominator, dtype)[:, None])
-    out_shape = tf.concat([bags.outer_shape, tf.shape(table)[1:]], 0)
+    outer = tf.cast(bags.outer_shape, tf.int64)
+    out_shape = tf.concat([outer, tf.shape(table, tf.int64)[1:]], 0)
     return tf.reshape(sums, out_shape)
 
 
@@ -181,7 +181,6 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
     `keep` (dense input only) is a boolean tensor shaped like `ids`; entries
     where it is False are padding and are left out of their bag.
     """
-    deps = []
     if weights is not None:
         _weights_dtype(weights, layer_name)
     if isinstance(ids, tf.RaggedTensor):
@@ -199,8 +198,8 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
             a, b = ids.row_splits, tf.cast(weights.row_splits, ids.row_splits.dtype)
             same = tf.shape(a)[0] == tf.shape(b)[0]
             same = tf.cond(same, lambda: tf.reduce_all(a == b), lambda: same)
-            deps.append(_check_same(same, layer_name, "row lengths"))
-            weights = weights.values
+            same_check = _check_same(same, layer_name, "row lengths")
+            weights = _checks.with_dependency(weights.values, same_check)
         flat, row, nrows = ids.values, ids.value_rowids(), ids.nrows()
         outer = tf.reshape(nrows, [1])
     elif isinstance(ids, tf.SparseTensor):
@@ -218,8 +217,8 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
             a, b = ids.indices, weights.indices
             same = tf.reduce_all(tf.shape(a) == tf.shape(b))
             same = tf.cond(same, lambda: tf.reduce_all(a == b), lambda: same)
-            deps.append(_check_same(same, layer_name, "indices"))
-            weights = weights.values
+            same_check = _check_same(same, layer_name, "indices")
+            weights = _checks.with_dependency(weights.values, same_check)
         flat, row, nrows = ids.values, ids.indices[:, 0], ids.dense_shape[0]
         outer = tf.reshape(nrows, [1])
     else:
@@ -241,8 +240,10 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
                     "match."
                 )
             same = tf.reduce_all(tf.shape(weights) == tf.shape(ids))
-            deps.append(_check_same(same, layer_name, "shape"))
-            weights = tf.reshape(weights, [-1])
+            # Every use of the weights waits for the check, so a mismatch
+            # reports this message rather than a shape error from some op.
+            same_check = _check_same(same, layer_name, "shape")
+            weights = tf.reshape(_checks.with_dependency(weights, same_check), [-1])
         shape = tf.shape(ids)
         per_row = shape[-1]
         outer = shape[:-1]
@@ -257,13 +258,12 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
                 weights = tf.where(keep, weights, tf.zeros_like(weights))
     flat, valid, fill = check(flat)
     if weights is not None:
-        deps.append(_check_weights(weights, combiner, layer_name))
+        sign_check = _check_weights(weights, combiner, layer_name)
+        weights = _checks.with_dependency(weights, sign_check)
     if valid is not None:
         weights = tf.ones_like(flat, tf.float32) if weights is None else weights
         weights = tf.cast(weights, tf.float32)
         weights = tf.where(valid, weights, tf.constant(fill, tf.float32))
-    for dep in deps:
-        flat = _checks.with_dependency(flat, dep)
     return Bags(flat, weights, row, nrows, outer)
 
 
@@ -278,46 +278,43 @@ def bags_from_multi_hot(x, vocab_size, combiner, layer_name, strategy):
             f"Layer '{layer_name}' expects multi-hot input of shape "
             f"(..., vocab_size={vocab_size}). Received shape {x.shape}."
         )
-    deps = []
-    if isinstance(x, tf.SparseTensor):
-        if x.shape.rank != 2:
-            raise ValueError(
-                f"Layer '{layer_name}' takes sparse multi-hot input of rank 2, "
-                f"(batch, {vocab_size}). Received rank {x.shape.rank}."
-            )
-        width_ok = x.dense_shape[1] == vocab_size
-        deps.append(
-            _checks.assert_all(
-                width_ok,
-                x.dense_shape[1:],
-                f"Layer '{_checks.safe_name(layer_name)}' expects sparse multi-hot "
-                f"input with {vocab_size} columns (`vocab_size`). Received {{}} "
-                "columns.",
-            )
+    if isinstance(x, tf.SparseTensor) and x.shape.rank != 2:
+        raise ValueError(
+            f"Layer '{layer_name}' takes sparse multi-hot input of rank 2, "
+            f"(batch, {vocab_size}). Received rank {x.shape.rank}."
         )
-        ids = tf.cast(x.indices[:, 1], _checks.index_dtype(vocab_size))
-        row, nrows, weights = x.indices[:, 0], x.dense_shape[0], x.values
+    # The width may only be known at run time; check it before anything
+    # reshapes or indexes with it.
+    width = x.dense_shape[-1] if isinstance(x, tf.SparseTensor) else tf.shape(x)[-1]
+    width_check = _checks.assert_all(
+        tf.equal(tf.cast(width, tf.int64), vocab_size),
+        width,
+        f"Layer '{_checks.safe_name(layer_name)}' expects multi-hot input with "
+        f"{vocab_size} columns (`vocab_size`). Received {{}} columns.",
+    )
+    index = _checks.index_dtype(vocab_size)
+    dense = None
+    if isinstance(x, tf.SparseTensor):
+        indices = _checks.with_dependency(x.indices, width_check)
+        ids = tf.cast(indices[:, 1], index)
+        row, nrows, weights = indices[:, 0], x.dense_shape[0], x.values
         outer = tf.reshape(nrows, [1])
-        dense = None
     else:
-        shape = tf.shape(x)
-        outer = shape[:-1]
-        dense = tf.reshape(x, [-1, vocab_size])
-        nrows = tf.shape(dense)[0]
+        outer = tf.shape(x)[:-1]
+        matrix = tf.reshape(_checks.with_dependency(x, width_check), [-1, vocab_size])
+        nrows = tf.shape(matrix)[0]
         if strategy == "gather":
-            coords = tf.where(tf.not_equal(dense, 0))
-            ids = tf.cast(coords[:, 1], _checks.index_dtype(vocab_size))
-            row, weights = coords[:, 0], tf.gather_nd(dense, coords)
+            coords = tf.where(tf.not_equal(matrix, 0))
+            ids = tf.cast(coords[:, 1], index)
+            row, weights = coords[:, 0], tf.gather_nd(matrix, coords)
         else:
             ids = row = None
-            weights = tf.reshape(dense, [-1])
-    deps.append(_check_weights(weights, combiner, layer_name))
-    for dep in deps:
-        weights = _checks.with_dependency(weights, dep)
-    if dense is not None and strategy != "gather":
-        dense = _checks.with_dependency(dense, deps[-1])
-    else:
-        dense = None
+            weights = tf.reshape(matrix, [-1])
+            dense = matrix
+    weights_check = _check_weights(weights, combiner, layer_name)
+    weights = _checks.with_dependency(weights, weights_check)
+    if dense is not None:
+        dense = _checks.with_dependency(dense, weights_check)
     return Bags(ids, weights, row, nrows, outer, dense)
 
 
@@ -334,5 +331,13 @@ def padding_keep(ids, mask, mask_zero):
 
 def with_mask(outputs, mask):
     if mask is not None:
-        keras.backend.set_keras_mask(outputs, mask)
+        _set_keras_mask(outputs, mask)
     return outputs
+
+
+try:  # Keras has no public setter; this is what its own layers call.
+    from keras.src.backend import set_keras_mask as _set_keras_mask
+except ImportError:  # pragma: no cover - older Keras 3 releases
+
+    def _set_keras_mask(x, mask):
+        x._keras_mask = mask

@@ -34,6 +34,8 @@ class Embedding(keras.layers.Layer):
         invalid_ids: String, one of `"raise"` (default) or `"zeros"`. With
             `"zeros"`, invalid ids give a zero vector, drop out of bags, and
             send no gradient to the table.
+        weights: Optional initial table, a `(input_dim, output_dim)` array
+            (or a list holding one), as in `keras.layers.Embedding`.
 
     Call arguments:
         inputs: Integer ids (floats holding whole numbers are accepted): a
@@ -60,17 +62,24 @@ class Embedding(keras.layers.Layer):
 
     >>> import numpy as np
     >>> import keras_lookup
-    >>> table = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], "float32")
-    >>> layer = keras_lookup.Embedding(3, 2)
-    >>> layer.build()
-    >>> layer.set_weights([table])
-    >>> layer(np.array([[0, 2], [1, 1]])).numpy()[0].tolist()
-    [[0.10000000149011612, 0.20000000298023224], [0.5, 0.6000000238418579]]
-    >>> bag = keras_lookup.Embedding(3, 2, combiner="sum")
-    >>> bag.build()
-    >>> bag.set_weights([table])
-    >>> np.round(bag(np.array([[0, 2], [1, 1]])).numpy(), 3).tolist()
-    [[0.6, 0.8], [0.6, 0.8]]
+    >>> table = np.array([[0.0, 0.0], [1.0, 2.0], [3.0, 4.0]], "float32")
+    >>> layer = keras_lookup.Embedding(3, 2, weights=table)
+    >>> layer(np.array([[1, 2], [2, 2]])).numpy().tolist()
+    [[[1.0, 2.0], [3.0, 4.0]], [[3.0, 4.0], [3.0, 4.0]]]
+
+    Bags of ids, with id 0 as padding:
+
+    >>> bags = keras_lookup.Embedding(3, 2, combiner="mean", mask_zero=True,
+    ...                               weights=table)
+    >>> bags(np.array([[1, 2], [2, 0]])).numpy().tolist()
+    [[2.0, 3.0], [3.0, 4.0]]
+
+    Ids outside `[0, input_dim)` raise:
+
+    >>> layer(np.array([3]))
+    Traceback (most recent call last):
+    ...
+    tensorflow.python.framework.errors_impl.InvalidArgumentError: ...received id 3...
     """
 
     def __init__(
@@ -83,6 +92,7 @@ class Embedding(keras.layers.Layer):
         mask_zero=False,
         combiner=None,
         invalid_ids="raise",
+        weights=None,
         **kwargs,
     ):
         input_dim = _checks.check_positive_int("input_dim", input_dim)
@@ -110,6 +120,9 @@ class Embedding(keras.layers.Layer):
         # XLA cannot raise an error from inside a compiled step, so Keras's
         # automatic jit_compile would turn invalid ids into NaN outputs instead.
         self.supports_jit = invalid_ids != "raise"
+        if weights is not None:
+            self.build()
+            self.set_weights(weights if isinstance(weights, list) else [weights])
 
     def build(self, input_shape=None):
         self.embeddings = self.add_weight(
@@ -179,6 +192,9 @@ class Embedding(keras.layers.Layer):
                 "mask_zero": self.mask_zero,
                 "combiner": self.combiner,
                 "invalid_ids": self.invalid_ids,
+                "activity_regularizer": keras.regularizers.serialize(
+                    self.activity_regularizer
+                ),
             }
         )
         return config

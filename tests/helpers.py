@@ -1,0 +1,95 @@
+"""The shared layer test, after keras's `run_layer_test`."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# Per-dtype tolerances for comparing a low-precision run with float32.
+MIXED_TOLERANCE = {"mixed_float16": 2e-3, "mixed_bfloat16": 2e-2}
+
+
+def run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_data,
+    expected_output_shape,
+    expected_num_trainable_weights,
+    input_dtype=None,
+    run_training=True,
+    run_saving=True,
+    mixed_precision_policies=("mixed_float16",),
+):
+    """Checks what every keras_lookup layer must do on one dense input.
+
+    Shapes, weight counts, the config round trip, `.keras` save/load inside a
+    Functional model, one training step that moves the weights, and mixed
+    precision (float32 variables, compute-dtype outputs, float32 numbers within
+    the dtype's tolerance).
+    """
+    input_data = np.asarray(input_data)
+    layer = layer_cls(**init_kwargs)
+    out = layer(input_data)
+    assert tuple(out.shape) == tuple(expected_output_shape)
+    assert out.dtype == tf.float32
+    assert len(layer.trainable_weights) == expected_num_trainable_weights
+    assert len(layer.non_trainable_weights) == 0
+
+    # Config round trip: same config, same weights give the same outputs.
+    config = layer.get_config()
+    clone = layer_cls.from_config(config)
+    assert clone.get_config() == config
+    clone(input_data)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(clone(input_data), out, rtol=1e-6, atol=1e-6)
+    revived = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(layer)
+    )
+    assert type(revived) is layer_cls
+    assert revived.get_config() == config
+
+    input_dtype = input_dtype or input_data.dtype
+    inputs = keras.Input(shape=input_data.shape[1:], dtype=input_dtype)
+    model = keras.Model(inputs, layer_cls.from_config(config)(inputs))
+    model.set_weights(layer.get_weights())
+    np.testing.assert_allclose(
+        model.predict(input_data, verbose=0), out, rtol=1e-6, atol=1e-6
+    )
+
+    if run_saving:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.keras")
+            model.save(path)
+            loaded = keras.saving.load_model(path)
+        np.testing.assert_allclose(
+            loaded.predict(input_data, verbose=0), out, rtol=1e-6, atol=1e-6
+        )
+
+    if run_training:
+        before = [w.numpy().copy() for w in model.trainable_weights]
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        target = np.ones(tuple(out.shape), "float32")
+        loss = model.train_on_batch(input_data, target)
+        assert np.isfinite(loss)
+        after = [w.numpy() for w in model.trainable_weights]
+        assert any(not np.allclose(b, a) for b, a in zip(before, after, strict=True))
+
+    for policy in mixed_precision_policies:
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            mixed = layer_cls.from_config({**config, "dtype": policy})
+            mixed(input_data)
+            mixed.set_weights(layer.get_weights())
+            mixed_out = mixed(input_data)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        compute_dtype = policy.removeprefix("mixed_")
+        assert mixed_out.dtype == tf.as_dtype(compute_dtype)
+        assert all(w.dtype == "float32" for w in mixed.weights)
+        tol = MIXED_TOLERANCE[policy]
+        np.testing.assert_allclose(
+            tf.cast(mixed_out, tf.float32), out, rtol=tol, atol=tol
+        )
+    return layer, out

@@ -1,0 +1,90 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import run_layer_test
+
+import keras_lookup
+
+X = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "init_kwargs, input_data, expected_shape, n_weights",
+    [
+        ({"units": 3}, X, (4, 3), 2),
+        ({"units": 3, "use_bias": False}, X, (4, 3), 1),
+        ({"units": 2, "activation": "relu"}, X.reshape(2, 2, 6), (2, 2, 2), 2),
+    ],
+    ids=["2d", "no_bias", "3d_relu"],
+)
+def test_layer_basics(init_kwargs, input_data, expected_shape, n_weights):
+    run_layer_test(
+        keras_lookup.Dense,
+        init_kwargs,
+        input_data,
+        expected_shape,
+        expected_num_trainable_weights=n_weights,
+        mixed_precision_policies=("mixed_float16", "mixed_bfloat16"),
+    )
+
+
+def test_matches_keras_dense():
+    ours = keras_lookup.Dense(3, activation="tanh")
+    theirs = keras.layers.Dense(3, activation="tanh")
+    ours.build((None, 6))
+    theirs.build((None, 6))
+    ours.set_weights(theirs.get_weights())
+    np.testing.assert_allclose(ours(X), theirs(X), rtol=1e-6)
+    assert set(theirs.get_config()) - {
+        "lora_rank",
+        "lora_alpha",
+        "quantization_config",
+    } <= set(ours.get_config())
+
+
+def test_sparse_input_is_never_densified():
+    layer = keras_lookup.Dense(3, activation="relu")
+    layer.build((None, 6))
+    sparse = tf.sparse.from_dense(tf.constant(X * (X > 0.5)))
+
+    @tf.function
+    def run(x):
+        return layer(x)
+
+    np.testing.assert_allclose(
+        run(sparse), layer(tf.sparse.to_dense(sparse)), rtol=1e-6
+    )
+    ops = {op.type for op in run.get_concrete_function(sparse).graph.get_operations()}
+    assert "SparseTensorDenseMatMul" in ops
+    assert not ops & {"SparseToDense", "ScatterNd", "SparseTensorToDense"}
+
+
+def test_sparse_input_in_functional_model_trains():
+    inputs = keras.Input((6,), sparse=True)
+    model = keras.Model(inputs, keras_lookup.Dense(1)(inputs))
+    model.compile("sgd", "mse")
+    sparse = tf.sparse.from_dense(tf.constant(X))
+    before = model.get_weights()[0].copy()
+    model.fit(sparse, np.ones((4, 1)), epochs=1, batch_size=4, verbose=0)
+    assert not np.allclose(before, model.get_weights()[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"units": 0}, "`units` must be a positive integer. Received: units=0"),
+        ({"units": 2.5}, "Received: units=2.5"),
+        ({"units": 2, "use_bias": "yes"}, "`use_bias` must be a boolean"),
+        ({"units": 2, "activation": "nope"}, "nope"),
+    ],
+    ids=["zero_units", "float_units", "bias_not_bool", "unknown_activation"],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_lookup.Dense(**kwargs)
+    config = keras_lookup.Dense(3).get_config()
+    config.update(kwargs)
+    # Keras's from_config re-raises constructor errors as TypeError, message kept.
+    with pytest.raises((ValueError, TypeError), match=message):
+        keras_lookup.Dense.from_config(config)

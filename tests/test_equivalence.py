@@ -1,0 +1,96 @@
+"""Lookup and multiplication give the same numbers: `one_hot(ids) @ W == W[ids]`."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import keras_lookup
+
+# The seed's worked example.
+W = np.array(
+    [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8], [0.9, 0.0, 0.1, 0.2]], "float32"
+)
+SENTENCE = np.array([0, 2, 1, 2])
+EXPECTED = [
+    [0.1, 0.2, 0.3, 0.4],
+    [0.9, 0.0, 0.1, 0.2],
+    [0.5, 0.6, 0.7, 0.8],
+    [0.9, 0.0, 0.1, 0.2],
+]
+
+
+def _built(layer, *build_args):
+    layer.build(*build_args)
+    return layer
+
+
+def test_seed_example_embedding():
+    layer = _built(keras_lookup.Embedding(3, 4))
+    layer.set_weights([W])
+    np.testing.assert_array_equal(layer(SENTENCE), np.array(EXPECTED, "float32"))
+
+
+def test_seed_example_dense_on_one_hot():
+    one_hot = np.eye(3, dtype="float32")[SENTENCE]
+    assert one_hot.tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 0], [0, 0, 1]]
+    layer = _built(keras_lookup.Dense(4, use_bias=False), (None, 3))
+    layer.set_weights([W])
+    np.testing.assert_array_equal(layer(one_hot), np.array(EXPECTED, "float32"))
+    sparse = tf.sparse.from_dense(one_hot)
+    np.testing.assert_array_equal(layer(sparse), np.array(EXPECTED, "float32"))
+
+
+@pytest.mark.parametrize("strategy", ["gather", "matmul"])
+def test_seed_example_dimension_reducer(strategy):
+    layer = _built(keras_lookup.DimensionReducer(3, 4, strategy=strategy))
+    layer.set_weights([W])
+    np.testing.assert_array_equal(layer(SENTENCE), np.array(EXPECTED, "float32"))
+
+
+def _three_ways(table, ids, upstream):
+    """Forward and table gradient of gather, one-hot matmul, sparse matmul."""
+    vocab, dim = table.shape
+    gather = _built(keras_lookup.DimensionReducer(vocab, dim, strategy="gather"))
+    matmul = _built(keras_lookup.DimensionReducer(vocab, dim, strategy="matmul"))
+    dense = _built(keras_lookup.Dense(dim, use_bias=False), (None, vocab))
+    results = []
+    flat = ids.reshape(-1)
+    sparse = tf.SparseTensor(
+        np.stack([np.arange(flat.size), flat], 1).astype("int64"),
+        np.ones(flat.size, "float32"),
+        [flat.size, vocab],
+    )
+    for layer, inputs in ((gather, ids), (matmul, ids), (dense, sparse)):
+        layer.set_weights([table])
+        with tf.GradientTape() as tape:
+            out = tf.reshape(layer(inputs), ids.shape + (dim,))
+            loss = tf.reduce_sum(out * upstream)
+        (grad,) = tape.gradient(loss, layer.trainable_variables)
+        results.append((out.numpy(), tf.convert_to_tensor(grad).numpy()))
+    return results
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    vocab=st.integers(1, 300),
+    dim=st.integers(1, 16),
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_gather_one_hot_and_sparse_matmul_agree(vocab, dim, shape, seed):
+    rng = np.random.default_rng(seed)
+    table = rng.normal(size=(vocab, dim)).astype("float32")
+    ids = rng.integers(0, vocab, size=tuple(shape)).astype("int32")
+    upstream = rng.normal(size=tuple(shape) + (dim,)).astype("float32")
+    (out_g, grad_g), (out_m, grad_m), (out_s, grad_s) = _three_ways(
+        table, ids, upstream
+    )
+    np.testing.assert_array_equal(out_g, table[ids])
+    np.testing.assert_allclose(out_m, out_g, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out_s, out_g, rtol=1e-6, atol=1e-6)
+    expected_grad = np.zeros_like(table)
+    np.add.at(expected_grad, ids.reshape(-1), upstream.reshape(-1, dim))
+    for grad in (grad_g, grad_m, grad_s):
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-5)

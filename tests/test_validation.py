@@ -1,0 +1,164 @@
+"""Bad ids fail loudly in every layer, strategy, input form and execution mode."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_lookup
+
+VOCAB = 5
+
+
+def _layers():
+    return {
+        "embedding": lambda **kw: keras_lookup.Embedding(VOCAB, 3, **kw),
+        "reducer_gather": lambda **kw: keras_lookup.DimensionReducer(
+            VOCAB, 3, strategy="gather", **kw
+        ),
+        "reducer_matmul": lambda **kw: keras_lookup.DimensionReducer(
+            VOCAB, 3, strategy="matmul", **kw
+        ),
+    }
+
+
+LAYERS = _layers()
+BAD_IDS = {
+    "negative": (np.array([[1, -1]], "int32"), "-1"),
+    "too_large": (np.array([[1, VOCAB]], "int32"), str(VOCAB)),
+    "int64_wraps_int32": (np.array([[1, 2**32 + 1]], "int64"), str(2**32 + 1)),
+    "float_fraction": (np.array([[1.0, 0.5]], "float32"), "0.5"),
+    "float_negative": (np.array([[1.0, -2.0]], "float32"), "-2"),
+    "uint8_too_large": (np.array([[1, 200]], "uint8"), "200"),
+}
+
+
+def _run(layer, ids, mode):
+    if mode == "eager":
+        return layer(ids)
+    if mode == "tf_function":
+        return tf.function(lambda x: layer(x))(tf.constant(ids))
+    inputs = keras.Input(ids.shape[1:], dtype=ids.dtype)
+    model = keras.Model(inputs, layer(inputs))
+    if mode == "predict":
+        return model.predict(ids, verbose=0)
+    model.compile("sgd", "mse")
+    target = np.zeros(ids.shape + (3,), "float32")
+    return model.fit(ids, target, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("mode", ["eager", "tf_function", "predict", "fit"])
+@pytest.mark.parametrize("bad", list(BAD_IDS))
+@pytest.mark.parametrize("layer_name", list(LAYERS))
+def test_bad_ids_raise_with_value_range_and_fix(layer_name, bad, mode):
+    ids, shown = BAD_IDS[bad]
+    layer = LAYERS[layer_name](name=f"my_{layer_name}")
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        _run(layer, ids, mode)
+    message = str(info.value)
+    assert f"my_{layer_name}" in message
+    assert f"received id {shown}" in message
+    assert f"[0, {VOCAB})" in message
+    assert "invalid_ids" in message and "zeros" in message
+
+
+@pytest.mark.parametrize("layer_name", list(LAYERS))
+@pytest.mark.parametrize(
+    "form",
+    ["ragged", "sparse", "bag_dense", "bag_ragged", "bag_sparse"],
+)
+def test_bad_ids_raise_in_every_input_form(layer_name, form):
+    bags = form.startswith("bag")
+    layer = LAYERS[layer_name](combiner="sum" if bags else None)
+    if form.endswith("ragged"):
+        ids = tf.ragged.constant([[1, 2], [7]])
+    elif form.endswith("sparse"):
+        ids = tf.SparseTensor([[0, 0], [1, 1]], tf.constant([1, 7], tf.int64), [2, 3])
+    else:
+        ids = tf.constant([[1, 2], [7, 0]])
+    for run in (layer, tf.function(lambda x: layer(x))):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="received id 7"):
+            run(ids)
+
+
+@pytest.mark.parametrize("layer_name", list(LAYERS))
+def test_string_ids_raise_type_error(layer_name):
+    with pytest.raises(TypeError, match="StringLookup"):
+        LAYERS[layer_name]()(tf.constant([["a", "b"]]))
+
+
+def test_float_ids_that_cannot_hold_the_vocabulary_raise():
+    layer = keras_lookup.Embedding(100_000, 2)
+    with pytest.raises(TypeError, match="float16 cannot represent every id"):
+        layer(tf.constant([[1.0]], tf.float16))
+
+
+@pytest.mark.parametrize("layer_name", list(LAYERS))
+@pytest.mark.parametrize("combiner", [None, "mean"])
+def test_invalid_ids_zeros_gives_zero_vectors_and_no_gradient(layer_name, combiner):
+    layer = LAYERS[layer_name](invalid_ids="zeros", combiner=combiner)
+    ids = tf.constant([[1, -3], [VOCAB + 2, 2]])
+    clean = LAYERS[layer_name](combiner=combiner)
+    layer.build()
+    clean.build()
+    clean.set_weights(layer.get_weights())
+    with tf.GradientTape() as tape:
+        out = layer(ids)
+        loss = tf.reduce_sum(out)
+    (grad,) = tape.gradient(loss, layer.trainable_variables)
+    grad = tf.convert_to_tensor(grad).numpy()
+    table = layer.get_weights()[0]
+    if combiner is None:
+        expected = np.stack([[table[1], 0 * table[0]], [0 * table[0], table[2]]])
+        rows_with_gradient = {1, 2}
+    else:
+        # Invalid ids drop out of their bag, so each mean is over one id.
+        expected = np.stack([table[1], table[2]])
+        rows_with_gradient = {1, 2}
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    for row in range(VOCAB):
+        assert np.any(grad[row] != 0) == (row in rows_with_gradient)
+
+
+def test_under_xla_invalid_ids_give_nan_not_a_wrong_answer():
+    layer = keras_lookup.Embedding(VOCAB, 3)
+    layer.build()
+    compiled = tf.function(lambda x: layer(x), jit_compile=True)
+    out = compiled(tf.constant([1, VOCAB + 1])).numpy()
+    np.testing.assert_allclose(out[0], layer.embeddings.numpy()[1])
+    assert np.isnan(out[1]).all()
+
+
+def test_keras_auto_jit_is_declined_while_ids_are_checked():
+    assert not keras_lookup.Embedding(5, 2).supports_jit
+    assert keras_lookup.Embedding(5, 2, invalid_ids="zeros").supports_jit
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"input_dim": 0, "output_dim": 2}, "`input_dim` must be a positive integer"),
+        ({"input_dim": 5.0, "output_dim": 2}, "Received: input_dim=5.0"),
+        ({"input_dim": True, "output_dim": 2}, "Received: input_dim=True"),
+        ({"input_dim": 5, "output_dim": None}, "`output_dim` must be a positive"),
+        ({"input_dim": 5, "output_dim": 2, "combiner": "avg"}, "`combiner` must be"),
+        ({"input_dim": 5, "output_dim": 2, "invalid_ids": "ignore"}, "`invalid_ids`"),
+        ({"input_dim": 5, "output_dim": 2, "mask_zero": "no"}, "`mask_zero` must be"),
+    ],
+    ids=[
+        "zero_dim",
+        "float_dim",
+        "bool_dim",
+        "none_output",
+        "combiner",
+        "invalid_ids",
+        "mask_zero",
+    ],
+)
+def test_bad_embedding_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        keras_lookup.Embedding(**kwargs)
+    config = keras_lookup.Embedding(5, 2).get_config()
+    config.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=message):
+        keras_lookup.Embedding.from_config(config)
