@@ -86,20 +86,27 @@ class Bags:
     `weights` is `None` when every id counts once. Output rows are laid out in
     `outer_shape` (the input's shape without its last axis). `dense`, when set,
     is the same bags as a `(nrows, vocab)` multi-hot matrix (then `ids` and
-    `row` may be `None`).
+    `row` may be `None`). `per_row`, when set, says every bag holds exactly
+    that many entries, laid out row after row (dense padded input), so that
+    sums over a bag are plain reductions instead of segment sums.
     """
 
-    def __init__(self, ids, weights, row, nrows, outer_shape, dense=None):
+    def __init__(self, ids, weights, row, nrows, outer_shape, dense=None, per_row=None):
         self.ids = ids
         self.weights = weights
         self.row = row
         self.nrows = nrows
         self.outer_shape = outer_shape
         self.dense = dense
+        self.per_row = per_row
 
     def row_sums(self, values):
+        """Sums `values` (one per entry, or one row per entry) over each bag."""
         if self.dense is not None:
             return tf.reduce_sum(tf.reshape(values, tf.shape(self.dense)), axis=1)
+        if self.per_row is not None:
+            shape = tf.concat([[self.nrows, self.per_row], tf.shape(values)[1:]], 0)
+            return tf.reduce_sum(tf.reshape(values, shape), axis=1)
         return tf.math.unsorted_segment_sum(values, self.row, self.nrows)
 
     def multi_hot(self, vocab_size, dtype):
@@ -126,7 +133,7 @@ def reduce_bags(table, bags, combiner, strategy, dtype):
         vectors = tf.gather(table, bags.ids)
         if weights is not None:
             vectors = vectors * tf.cast(weights, dtype)[:, None]
-        sums = tf.math.unsorted_segment_sum(vectors, bags.row, bags.nrows)
+        sums = bags.row_sums(vectors)
     else:
         sums = tf.matmul(bags.multi_hot(table.shape[0], dtype), table)
     if combiner in ("mean", "sqrtn"):
@@ -201,7 +208,7 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
             same_check = _check_same(same, layer_name, "row lengths")
             weights = _checks.with_dependency(weights.values, same_check)
         flat, row, nrows = ids.values, ids.value_rowids(), ids.nrows()
-        outer = tf.reshape(nrows, [1])
+        outer, per_row = tf.reshape(nrows, [1]), None
     elif isinstance(ids, tf.SparseTensor):
         if ids.shape.rank != 2:
             raise ValueError(
@@ -220,7 +227,7 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
             same_check = _check_same(same, layer_name, "indices")
             weights = _checks.with_dependency(weights.values, same_check)
         flat, row, nrows = ids.values, ids.indices[:, 0], ids.dense_shape[0]
-        outer = tf.reshape(nrows, [1])
+        outer, per_row = tf.reshape(nrows, [1]), None
     else:
         if ids.shape.rank is not None and ids.shape.rank < 2:
             raise ValueError(
@@ -264,7 +271,7 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
         weights = tf.ones_like(flat, tf.float32) if weights is None else weights
         weights = tf.cast(weights, tf.float32)
         weights = tf.where(valid, weights, tf.constant(fill, tf.float32))
-    return Bags(flat, weights, row, nrows, outer)
+    return Bags(flat, weights, row, nrows, outer, per_row=per_row)
 
 
 def bags_from_multi_hot(x, vocab_size, combiner, layer_name, strategy):

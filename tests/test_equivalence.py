@@ -94,3 +94,29 @@ def test_gather_one_hot_and_sparse_matmul_agree(vocab, dim, shape, seed):
     np.add.at(expected_grad, ids.reshape(-1), upstream.reshape(-1, dim))
     for grad in (grad_g, grad_m, grad_s):
         np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["ragged", "sparse"])
+def test_strategies_agree_on_ragged_and_sparse_ids(form):
+    table = np.random.default_rng(4).normal(size=(20, 3)).astype("float32")
+    if form == "ragged":
+        ids = tf.ragged.constant([[1, 19, 4], [], [7]])
+    else:
+        ids = tf.SparseTensor([[0, 0], [0, 2], [2, 1]], tf.constant([1, 19, 7]), [3, 4])
+    outs = []
+    for layer in (
+        keras_lookup.Embedding(20, 3),
+        keras_lookup.DimensionReducer(20, 3, strategy="gather"),
+        keras_lookup.DimensionReducer(20, 3, strategy="matmul"),
+    ):
+        layer.build()
+        layer.set_weights([table])
+        out = layer(ids)
+        outs.append(out.flat_values if form == "ragged" else out)
+    expected = (
+        table[[1, 19, 4, 7]]
+        if form == "ragged"
+        else tf.scatter_nd([[0, 0], [0, 2], [2, 1]], table[[1, 19, 7]], [3, 4, 3])
+    )
+    for out in outs:
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
