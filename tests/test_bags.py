@@ -313,3 +313,19 @@ def test_weights_without_a_combiner():
 def test_combiner_needs_a_bag_axis():
     with pytest.raises(ValueError, match="rank >= 2"):
         keras_lookup.Embedding(VOCAB, DIM, combiner="sum")(tf.constant([1, 2]))
+
+
+@pytest.mark.parametrize("form", ["ragged", "sparse"])
+def test_ragged_and_sparse_bags_train_in_a_functional_model(form):
+    inputs = keras.Input((None,), dtype="int64", **{form: True})
+    out = keras_lookup.DimensionReducer(VOCAB, 1, combiner="mean", strategy="gather")(
+        inputs
+    )
+    model = keras.Model(inputs, out)
+    model.compile(keras.optimizers.SGD(0.5), "mse")
+    ids, _ = make_input(form, weighted=False)
+    ids = tf.cast(ids, tf.int64)
+    data = tf.data.Dataset.from_tensors((ids, np.ones((len(BAGS), 1), "float32")))
+    history = model.fit(data, epochs=5, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert np.all(np.isfinite(model.predict(data, verbose=0)))

@@ -8,7 +8,7 @@ import keras_lookup
 
 
 def test_public_names():
-    assert keras_lookup.__all__ == sorted(keras_lookup.__all__)
+    assert keras_lookup.__all__ == sorted(keras_lookup.__all__, key=str.lower)
     for name in keras_lookup.__all__:
         assert getattr(keras_lookup, name) is not None
 
