@@ -1,7 +1,7 @@
 import keras
 import tensorflow as tf
 
-from keras_lookup import _checks
+from keras_lookup import _checks, _layer_utils
 
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
@@ -86,22 +86,7 @@ class Dense(keras.layers.Layer):
                 f"Layer '{self.name}' needs a known last input dimension to build "
                 f"its kernel. Received input_shape={tuple(input_shape)}"
             )
-        self.kernel = self.add_weight(
-            shape=(input_dim, self.units),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-            name="kernel",
-        )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                shape=(self.units,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-                name="bias",
-            )
+        _layer_utils.add_kernel_and_bias(self, (input_dim, self.units))
         self.built = True
 
     def call(self, inputs):
@@ -119,22 +104,19 @@ class Dense(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {
-                "units": self.units,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(
-                    self.kernel_regularizer
-                ),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": keras.constraints.serialize(
-                    self.kernel_constraint
-                ),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-            }
+            _layer_utils.config_of(
+                self,
+                [
+                    "units",
+                    "activation",
+                    "use_bias",
+                    "kernel_initializer",
+                    "bias_initializer",
+                    "kernel_regularizer",
+                    "bias_regularizer",
+                    "kernel_constraint",
+                    "bias_constraint",
+                ],
+            )
         )
         return config

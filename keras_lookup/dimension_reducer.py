@@ -1,7 +1,7 @@
 import keras
 import tensorflow as tf
 
-from keras_lookup import _checks, _lookup
+from keras_lookup import _checks, _layer_utils, _lookup
 
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
@@ -153,22 +153,7 @@ class DimensionReducer(keras.layers.Layer):
             self._strategy = _lookup.resolve_strategy(
                 self.vocab_size, True, ids_per_row
             )
-        self.kernel = self.add_weight(
-            shape=(self.vocab_size, self.units),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-            name="kernel",
-        )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                shape=(self.units,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-                name="bias",
-            )
+        _layer_utils.add_kernel_and_bias(self, (self.vocab_size, self.units))
         self.built = True
 
     def call(self, inputs, weights=None, mask=None):
@@ -237,28 +222,25 @@ class DimensionReducer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {
-                "vocab_size": self.vocab_size,
-                "units": self.units,
-                "strategy": self.strategy,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(
-                    self.kernel_regularizer
-                ),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": keras.constraints.serialize(
-                    self.kernel_constraint
-                ),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-                "mask_zero": self.mask_zero,
-                "combiner": self.combiner,
-                "input_format": self.input_format,
-                "invalid_ids": self.invalid_ids,
-            }
+            _layer_utils.config_of(
+                self,
+                [
+                    "vocab_size",
+                    "units",
+                    "strategy",
+                    "activation",
+                    "use_bias",
+                    "kernel_initializer",
+                    "bias_initializer",
+                    "kernel_regularizer",
+                    "bias_regularizer",
+                    "kernel_constraint",
+                    "bias_constraint",
+                    "mask_zero",
+                    "combiner",
+                    "input_format",
+                    "invalid_ids",
+                ],
+            )
         )
         return config

@@ -1,7 +1,7 @@
 import keras
 import tensorflow as tf
 
-from keras_lookup import _checks, _lookup
+from keras_lookup import _checks, _layer_utils, _lookup
 
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
@@ -177,24 +177,19 @@ class Embedding(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {
-                "input_dim": self.input_dim,
-                "output_dim": self.output_dim,
-                "embeddings_initializer": keras.initializers.serialize(
-                    self.embeddings_initializer
-                ),
-                "embeddings_regularizer": keras.regularizers.serialize(
-                    self.embeddings_regularizer
-                ),
-                "embeddings_constraint": keras.constraints.serialize(
-                    self.embeddings_constraint
-                ),
-                "mask_zero": self.mask_zero,
-                "combiner": self.combiner,
-                "invalid_ids": self.invalid_ids,
-                "activity_regularizer": keras.regularizers.serialize(
-                    self.activity_regularizer
-                ),
-            }
+            _layer_utils.config_of(
+                self,
+                [
+                    "input_dim",
+                    "output_dim",
+                    "embeddings_initializer",
+                    "embeddings_regularizer",
+                    "embeddings_constraint",
+                    "mask_zero",
+                    "combiner",
+                    "invalid_ids",
+                    "activity_regularizer",
+                ],
+            )
         )
         return config

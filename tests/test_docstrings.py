@@ -9,8 +9,7 @@ import pytest
 import keras_lookup
 
 MODULES = [
-    name
-    for _, name, _ in pkgutil.iter_modules(keras_lookup.__path__, "keras_lookup.")
+    name for _, name, _ in pkgutil.iter_modules(keras_lookup.__path__, "keras_lookup.")
 ]
 
 
