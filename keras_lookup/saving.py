@@ -42,7 +42,18 @@ def save_model(model, filepath, **kwargs):
     os.close(handle)
     try:
         model.save(tmp_path, overwrite=True, **kwargs)
+        # mkstemp makes the file private (0600); give it the mode that
+        # `model.save` would have: the old file's, or the umask's default.
+        os.chmod(tmp_path, _mode_for(filepath))
         os.replace(tmp_path, filepath)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+def _mode_for(filepath):
+    if os.path.exists(filepath):
+        return os.stat(filepath).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

@@ -171,6 +171,17 @@ def test_plain_model_save_is_what_save_model_guards_against(tmp_path):
         keras.saving.load_model(path)
 
 
+def test_save_model_gives_the_file_the_usual_mode(tmp_path):
+    plain, atomic = tmp_path / "plain.keras", tmp_path / "atomic.keras"
+    model = sequential_model()
+    model.save(plain)
+    keras_lookup.save_model(model, atomic)
+    assert os.stat(atomic).st_mode == os.stat(plain).st_mode
+    os.chmod(atomic, 0o640)
+    keras_lookup.save_model(model, atomic)
+    assert os.stat(atomic).st_mode & 0o777 == 0o640
+
+
 def test_save_model_rejects_other_formats(tmp_path):
     with pytest.raises(ValueError, match="must end in `.keras`"):
         keras_lookup.save_model(sequential_model(), tmp_path / "model.h5")
