@@ -1,0 +1,398 @@
+"""Train a small word-level language model on the State of the Union addresses.
+
+Words (and the punctuation marks . , ; : ? !) are mapped to ids by a
+`keras.layers.TextVectorization` vocabulary of the most frequent training
+tokens. The model reads windows of consecutive ids and predicts the next id at
+every position:
+
+    ids -> keras_lookup.Embedding(mask_zero=True) -> GRU -> Dense(dim)
+        -> the same keras_lookup.Embedding with reverse=True -> logits
+
+The output projection is the embedding table itself (weight tying: the logits
+are `features @ embeddings.T`), so the vocabulary costs one table, not two. It
+trains with `keras_lookup.optimizers.LazyAdam`. About 10% of the addresses
+(whole speeches) are held out; the example reports their perplexity next to a
+unigram baseline (training-token frequencies with add-one smoothing, scored on
+the same validation tokens) and samples a few lines of text.
+
+Usage:
+
+    python examples/language_model.py --quick        # ~1 minute on 2 CPU cores
+    python examples/language_model.py                # full run, ~9 minutes
+    python examples/language_model.py --data my_texts/   # a folder of .txt files
+
+The full run on the State of the Union data saves the model (token ids ->
+logits) to `saved_models/language_model.keras`, with sidecars
+`language_model.inputs.json` (token-id inputs), `language_model.expected.npz`
+(the logits it gave on them) and `language_model.vocabulary.txt` (line i holds
+the token of id i). `--quick` and `--smoke` save nothing unless given
+`--save-dir`.
+"""
+
+import argparse
+import os
+import re
+import time
+
+import _data
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_SAVE_DIR = os.path.join(REPO, "saved_models")
+MODEL_NAME = "language_model"
+PUNCTUATION = ".,;:?!"
+# Settings per mode; any of them can be overridden from the command line.
+MODES = {
+    "full": {
+        "vocab_size": 10000,
+        "seq_length": 32,
+        "dim": 64,
+        "units": 256,
+        "epochs": 2,
+        "batch_size": 128,
+        "learning_rate": 5e-3,
+        "max_train_tokens": None,
+        "max_val_tokens": None,
+    },
+    "quick": {
+        "vocab_size": 5000,
+        "seq_length": 32,
+        "dim": 64,
+        "units": 128,
+        "epochs": 1,
+        "batch_size": 128,
+        "learning_rate": 1e-2,
+        "max_train_tokens": 600_000,
+        "max_val_tokens": 100_000,
+    },
+    "smoke": {
+        "vocab_size": 1000,
+        "seq_length": 16,
+        "dim": 16,
+        "units": 32,
+        "epochs": 1,
+        "batch_size": 64,
+        "learning_rate": 1e-2,
+        "max_train_tokens": 30_000,
+        "max_val_tokens": 5_000,
+    },
+}
+SOTU_PROMPTS = (
+    "the state of the union is",
+    "my fellow americans ,",
+    "the congress must",
+    "our foreign relations",
+)
+SAMPLE_TOKENS = 24
+SIDECAR_SHAPE = (2, 8)  # token-id inputs stored with the saved model
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=(
+            "Train a small word-level language model (keras_lookup.Embedding, "
+            "a GRU and a tied output projection) on the State of the Union "
+            "addresses or on your own .txt files, report validation "
+            "perplexity against a unigram baseline, and sample text."
+        ),
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smaller model on 600k tokens (~1 minute on 2 CPU cores)",
+    )
+    mode.add_argument(
+        "--smoke", action="store_true", help="a tiny run for tests (seconds)"
+    )
+    parser.add_argument(
+        "--data",
+        metavar="FOLDER",
+        help="a folder of UTF-8 .txt files (at least two; whole files are held "
+        "out for validation) instead of the State of the Union addresses",
+    )
+    parser.add_argument(
+        "--save-dir",
+        help="folder to save the trained model and sidecars in (default: "
+        "saved_models/ for the full run on the State of the Union data, "
+        "nothing otherwise)",
+    )
+    parser.add_argument(
+        "--no-save", action="store_true", help="do not save, even in the full run"
+    )
+    for flag, kind, text in (
+        ("--epochs", int, "training epochs"),
+        ("--vocab-size", int, "vocabulary size (at most)"),
+        ("--seq-length", int, "tokens per training window"),
+        ("--dim", int, "embedding dimension"),
+        ("--units", int, "GRU units"),
+        ("--batch-size", int, "training batch size"),
+        ("--learning-rate", float, "LazyAdam learning rate"),
+        ("--max-train-tokens", int, "train on at most this many tokens"),
+        ("--max-val-tokens", int, "validate on at most this many tokens"),
+    ):
+        parser.add_argument(flag, type=kind, help=f"{text} ({per_mode(flag)})")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of the documents held out for validation (default: 0.1)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="sampling temperature (default: 0.8)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars (summary only)"
+    )
+    args = parser.parse_args(argv)
+    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    for key, value in MODES[args.mode].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ("epochs", "vocab_size", "seq_length", "dim", "units", "batch_size"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be a positive integer")
+    if not 0 < args.val_fraction < 1:
+        parser.error("--val-fraction must lie strictly between 0 and 1")
+    if args.temperature <= 0:
+        parser.error("--temperature must be positive")
+    if args.save_dir is None and args.mode == "full" and args.data is None:
+        args.save_dir = DEFAULT_SAVE_DIR
+    if args.no_save:
+        args.save_dir = None
+    return args
+
+
+def per_mode(flag):
+    key = flag.lstrip("-").replace("-", "_")
+    values = {m: MODES[m][key] for m in MODES}
+    return "default: " + ", ".join(
+        f"{m} {'all' if v is None else v}" for m, v in values.items()
+    )
+
+
+def load_documents(args):
+    """`(train texts, validation texts, source description)`."""
+    if args.data is not None:
+        documents = _data.read_text_folder(args.data)
+        source = f"{len(documents)} .txt files in {args.data}"
+    else:
+        documents = _data.sotu_documents()
+        source = f"{len(documents)} State of the Union addresses"
+    names = [name for name, _ in documents]
+    train, val = _data.split_groups(
+        names, ["document"] * len(names), args.val_fraction, args.seed
+    )
+    print(f"Data: {source}; {len(train)} for training, {len(val)} held out.")
+    return [documents[i][1] for i in train], [documents[i][1] for i in val]
+
+
+def standardize(text):
+    """Lower-cases, and splits . , ; : ? ! off as tokens of their own."""
+    import tensorflow as tf
+
+    text = tf.strings.lower(text)
+    text = tf.strings.regex_replace(text, f"([{re.escape(PUNCTUATION)}])", r" \1 ")
+    return tf.strings.regex_replace(text, rf"[^a-z0-9'{re.escape(PUNCTUATION)}]+", " ")
+
+
+def token_stream(vectorizer, texts, limit):
+    """All ids of `texts`, one document after the other, cut to `limit`."""
+    import tensorflow as tf
+
+    pieces, total = [], 0
+    for text in texts:
+        ids = vectorizer(tf.constant([text])).numpy()[0].astype("int32")
+        pieces.append(ids)
+        total += len(ids)
+        if limit is not None and total > limit:
+            break
+    stream = np.concatenate(pieces)
+    return stream if limit is None else stream[: limit + 1]
+
+
+def windows(stream, length):
+    """Non-overlapping `(inputs, next-token targets)` windows of `length` ids."""
+    count = (len(stream) - 1) // length
+    if count < 1:
+        raise SystemExit(
+            f"error: only {len(stream)} tokens, too few for one window of "
+            f"{length}. Add text or lower --seq-length."
+        )
+    inputs = stream[: count * length].reshape(count, length)
+    targets = stream[1 : count * length + 1].reshape(count, length)
+    return inputs, targets
+
+
+def build_model(args):
+    import keras
+
+    import keras_lookup
+
+    ids = keras.Input((None,), dtype="int32", name="token_ids")
+    embedding = keras_lookup.Embedding(
+        args.vocab_size, args.dim, mask_zero=True, name="embedding"
+    )
+    x = embedding(ids)
+    x = keras.layers.GRU(args.units, return_sequences=True, name="gru")(x)
+    x = keras.layers.Dense(args.dim, name="to_embedding_space")(x)
+    # Weight tying: the same table scores every vocabulary entry.
+    logits = embedding(x, reverse=True)
+    return keras.Model(ids, logits, name=MODEL_NAME)
+
+
+def unigram_perplexity(train_stream, targets, vocab_size):
+    """Perplexity of add-one-smoothed training frequencies on `targets`."""
+    counts = np.bincount(train_stream.ravel(), minlength=vocab_size).astype("float64")
+    probabilities = (counts + 1) / (counts.sum() + vocab_size)
+    return float(np.exp(-np.mean(np.log(probabilities[targets.ravel()]))))
+
+
+def sample(model, vocabulary, prompts, args):
+    """Continues each prompt by `SAMPLE_TOKENS` tokens, sampled at temperature."""
+    rng = np.random.default_rng(args.seed)
+    index = {token: i for i, token in enumerate(vocabulary)}
+    contexts = [[index.get(t, 1) for t in p.split()] for p in prompts]
+    generated = [[] for _ in prompts]
+    for _ in range(SAMPLE_TOKENS):
+        recent = [c[-args.seq_length :] for c in contexts]
+        width = max(len(c) for c in recent)
+        # Left padding with id 0, which mask_zero makes the GRU skip.
+        batch = np.array([[0] * (width - len(c)) + c for c in recent], "int32")
+        logits = np.asarray(model(batch, training=False)[:, -1, :], "float64")
+        logits[:, :2] = -np.inf  # never sample padding or [UNK]
+        logits = logits / args.temperature
+        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        for row, p in enumerate(probabilities):
+            token = int(rng.choice(len(p), p=p))
+            contexts[row].append(token)
+            generated[row].append(token)
+    return [
+        detokenize(p.split() + [vocabulary[t] for t in g])
+        for p, g in zip(prompts, generated, strict=True)
+    ]
+
+
+def detokenize(tokens):
+    text = " ".join(tokens)
+    return re.sub(rf" ([{re.escape(PUNCTUATION)}])", r"\1", text)
+
+
+def save(model, vocabulary, val_inputs, args):
+    import keras
+
+    import keras_lookup
+
+    os.makedirs(args.save_dir, exist_ok=True)
+    stem = os.path.join(args.save_dir, MODEL_NAME)
+    rows, length = SIDECAR_SHAPE
+    inputs = val_inputs[:rows, :length].astype("int32")
+    keras_lookup.save_model(model, stem + ".keras")
+    expected = np.asarray(model.predict(inputs, verbose=0))
+    sidecar = {
+        "description": "Token ids, shape (n, length); the model maps them to "
+        "next-token logits of shape (n, length, vocabulary size). Decode ids "
+        "with language_model.vocabulary.txt (line i holds the token of id i).",
+        "dtype": "int32",
+        "inputs": inputs.tolist(),
+        "tokens": [[vocabulary[i] for i in row] for row in inputs],
+    }
+    _data.write_json(stem + ".inputs.json", sidecar)
+    np.savez(stem + ".expected.npz", outputs=expected)
+    with open(stem + ".vocabulary.txt", "w", encoding="utf-8") as f:
+        f.write("\n".join(vocabulary) + "\n")
+    reloaded = keras.saving.load_model(stem + ".keras")
+    if not np.allclose(reloaded.predict(inputs, verbose=0), expected, atol=1e-5):
+        raise SystemExit(f"error: {stem}.keras does not reproduce its outputs")
+    return stem + ".keras"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    train_texts, val_texts = load_documents(args)
+
+    # Imported only now, so that bad data fails before TensorFlow starts up.
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    from keras_lookup.optimizers import LazyAdam
+
+    keras.utils.set_random_seed(args.seed)
+    vectorizer = keras.layers.TextVectorization(
+        max_tokens=args.vocab_size, standardize=standardize, name="tokens"
+    )
+    vectorizer.adapt(tf.constant(train_texts), batch_size=16)
+    vocabulary = [str(t) for t in vectorizer.get_vocabulary()]
+    args.vocab_size = len(vocabulary)
+    train_stream = token_stream(vectorizer, train_texts, args.max_train_tokens)
+    val_stream = token_stream(vectorizer, val_texts, args.max_val_tokens)
+    x_train, y_train = windows(train_stream, args.seq_length)
+    x_val, y_val = windows(val_stream, args.seq_length)
+    print(
+        f"Vocabulary: {args.vocab_size:,} tokens (id 0 padding, id 1 [UNK]); "
+        f"{y_train.size:,} training and {y_val.size:,} validation tokens "
+        f"({np.mean(val_stream == 1):.1%} of validation tokens are [UNK])."
+    )
+
+    model = build_model(args)
+    model.compile(
+        optimizer=LazyAdam(args.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    start = time.perf_counter()
+    model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        verbose=0 if args.quiet else 1,
+    )
+    seconds = time.perf_counter() - start
+    val_loss = model.evaluate(x_val, y_val, batch_size=args.batch_size, verbose=0)
+    perplexity = float(np.exp(val_loss))
+    baseline = unigram_perplexity(y_train, y_val, args.vocab_size)
+
+    # A fresh, uncompiled model over the same layers: what gets saved and
+    # sampled from carries no optimizer state.
+    inference = keras.Model(model.input, model.output, name=MODEL_NAME)
+    if args.data is None:
+        prompts = SOTU_PROMPTS
+    else:
+        prompts = [
+            " ".join(vocabulary[i] for i in x_val[k, :4])
+            for k in range(min(2, len(x_val)))
+        ]
+    lines = sample(inference, vocabulary, prompts, args)
+    path = None
+    if args.save_dir is not None:
+        path = save(inference, vocabulary, x_val, args)
+
+    print(f"\nSamples (temperature {args.temperature}, seed {args.seed}):")
+    for line in lines:
+        print(f"  {line}")
+    print(f"\nSummary ({args.mode} run, {y_val.size:,} held-out tokens):")
+    print(f"  unigram baseline (add-one smoothing): perplexity {baseline:.1f}")
+    print(
+        f"  GRU language model, tied embedding: perplexity {perplexity:.1f} "
+        f"({perplexity / baseline:.2f} x the baseline; trained in {seconds:.0f} s)"
+    )
+    if path is not None:
+        size = os.path.getsize(path) / 2**20
+        print(f"    saved {_display(path)} ({size:.1f} MiB)")
+
+
+def _display(path):
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The examples run end to end in their smallest mode, and fail clearly on bad data.
+
+Each example runs as a subprocess, as a user would run it. Errors about the
+data are raised before TensorFlow is imported, so those cases take a second.
+"""
+
+import csv
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from test_saved_models import check_saved_model
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
+SCRIPTS = ("text_classification.py", "language_model.py", "lookup_vs_matmul.py")
+NUMBER = r"(\d+(?:\.\d+)?)"
+
+
+def run(script, *args, cwd, timeout=240):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, script), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Summary" in result.stdout, result.stdout[-3000:]
+
+
+def assert_fails(result, *fragments):
+    """Exit status 1 or 2 and an error message holding every fragment."""
+    assert result.returncode in (1, 2), result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def toy_rows(count=240):
+    """Two separable classes of short texts."""
+    words = {"sports": "goal match team score", "weather": "rain cloud wind sun"}
+    rows = []
+    for i in range(count):
+        label = "sports" if i % 2 else "weather"
+        vocab = words[label].split()
+        text = " ".join(vocab[(i + k) % 4] for k in range(6)) + f" item{i % 7}"
+        rows.append((text, label, f"{label}{i // 8}"))
+    return rows
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script, tmp_path):
+    result = run(script, "--help", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+    assert "--quick" in result.stdout
+
+
+def test_text_classification_smoke_saves_working_models(tmp_path):
+    save_dir = tmp_path / "models"
+    result = run(
+        "text_classification.py",
+        "--smoke",
+        "--quiet",
+        "--save-dir",
+        save_dir,
+        cwd=tmp_path,
+    )
+    assert_ok(result)
+    accuracies = re.findall(rf"test accuracy {NUMBER}%", result.stdout)
+    assert len(accuracies) == 3, result.stdout  # the baseline and two models
+    for name in ("embedding", "reducer"):
+        check_saved_model(save_dir / f"text_classification_era_{name}", tmp_path)
+
+
+def test_text_classification_on_a_csv(tmp_path):
+    path = write_csv(tmp_path / "toy.csv", ["body", "topic", "doc"], toy_rows())
+    result = run(
+        "text_classification.py",
+        "--smoke",
+        "--quiet",
+        "--data",
+        path,
+        "--text-column",
+        "body",
+        "--label-column",
+        "topic",
+        "--group-column",
+        "doc",
+        "--epochs",
+        "10",
+        "--learning-rate",
+        "0.05",
+        cwd=tmp_path,
+    )
+    assert_ok(result)
+    accuracies = [float(a) for a in re.findall(rf"accuracy {NUMBER}%", result.stdout)]
+    assert len(accuracies) == 3, result.stdout
+    assert min(accuracies[1:]) > accuracies[0], result.stdout
+    assert os.listdir(tmp_path) == ["toy.csv"]  # user data: nothing saved
+
+
+def test_language_model_smoke(tmp_path):
+    result = run("language_model.py", "--smoke", "--quiet", cwd=tmp_path)
+    assert_ok(result)
+    assert re.search(rf"unigram baseline .*perplexity {NUMBER}", result.stdout)
+    assert re.search(rf"language model.*perplexity {NUMBER}", result.stdout)
+    assert "Samples" in result.stdout
+    assert sorted(os.listdir(tmp_path)) == []  # --smoke saves nothing
+
+
+def test_language_model_on_a_folder(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    sentence = "the quick brown fox jumps over the lazy dog . "
+    for i in range(4):
+        (folder / f"part{i}.txt").write_text(sentence * 200, encoding="utf-8")
+    result = run(
+        "language_model.py", "--smoke", "--quiet", "--data", folder, cwd=tmp_path
+    )
+    assert_ok(result)
+    assert re.search(rf"language model.*perplexity {NUMBER}", result.stdout)
+
+
+def test_lookup_vs_matmul_smoke(tmp_path):
+    result = run("lookup_vs_matmul.py", "--smoke", cwd=tmp_path)
+    assert_ok(result)
+    assert re.search(rf"outputs identical: max \|difference\| {NUMBER}", result.stdout)
+
+
+# Bad data: each message names the file and the fix.
+
+
+def test_csv_missing_column(tmp_path):
+    path = write_csv(tmp_path / "data.csv", ["body", "label"], [("some text", "a")])
+    result = run("text_classification.py", "--smoke", "--data", path, cwd=tmp_path)
+    assert_fails(result, str(path), "no column 'text'", "--text-column", "'body'")
+
+
+def test_csv_missing_label_column(tmp_path):
+    path = write_csv(tmp_path / "data.csv", ["text", "y"], [("some text", "a")])
+    result = run(
+        "text_classification.py",
+        "--smoke",
+        "--data",
+        path,
+        "--label-column",
+        "stars",
+        cwd=tmp_path,
+    )
+    assert_fails(result, str(path), "no column 'stars'", "--label-column")
+
+
+def test_csv_empty_file(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    result = run("text_classification.py", "--smoke", "--data", path, cwd=tmp_path)
+    assert_fails(result, str(path), "is empty")
+
+
+def test_csv_header_only(tmp_path):
+    path = write_csv(tmp_path / "header.csv", ["text", "label"], [])
+    result = run("text_classification.py", "--smoke", "--data", path, cwd=tmp_path)
+    assert_fails(result, str(path), "no rows")
+
+
+def test_csv_single_label(tmp_path):
+    rows = [(f"text number {i}", "only") for i in range(10)]
+    path = write_csv(tmp_path / "one.csv", ["text", "label"], rows)
+    result = run("text_classification.py", "--smoke", "--data", path, cwd=tmp_path)
+    assert_fails(result, str(path), "single label", "--label-column")
+
+
+def test_csv_missing_file(tmp_path):
+    path = tmp_path / "nowhere.csv"
+    result = run("text_classification.py", "--smoke", "--data", path, cwd=tmp_path)
+    assert_fails(result, str(path), "does not exist")
+
+
+def test_unknown_task(tmp_path):
+    result = run("text_classification.py", "--smoke", "--task", "topic", cwd=tmp_path)
+    assert_fails(result, "--task", "invalid choice: 'topic'", "'era'", "'party'")
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "no_txt", "empty", "one_file"])
+def test_language_model_bad_folder(case, tmp_path):
+    folder = tmp_path / "texts"
+    expected = {
+        "missing": "does not exist",
+        "file": "takes a folder of .txt files",
+        "no_txt": "has no .txt files",
+        "empty": "is empty",
+        "one_file": "at least two",
+    }[case]
+    if case == "file":
+        folder.write_text("some text")
+    elif case != "missing":
+        folder.mkdir()
+        if case == "no_txt":
+            (folder / "notes.md").write_text("some text")
+        elif case == "empty":
+            (folder / "a.txt").write_text("  \n")
+        else:
+            (folder / "a.txt").write_text("some text")
+    result = run("language_model.py", "--smoke", "--data", folder, cwd=tmp_path)
+    assert_fails(result, str(folder), expected)
