@@ -175,7 +175,7 @@ class DimensionReducer(keras.layers.Layer):
     def _table(self):
         if self._strategy == "matmul":
             return tf.cast(self.kernel, self.compute_dtype)
-        return self.kernel
+        return _layer_utils.sparse_readable(self.kernel)
 
     def _lookup(self, inputs, weights):
         if weights is not None:

@@ -125,9 +125,12 @@ class Embedding(keras.layers.Layer):
             self.set_weights(weights if isinstance(weights, list) else [weights])
 
     def build(self, input_shape=None):
+        shape = (self.input_dim, self.output_dim)
         self.embeddings = self.add_weight(
-            shape=(self.input_dim, self.output_dim),
-            initializer=self.embeddings_initializer,
+            shape=shape,
+            initializer=_layer_utils.table_initializer(
+                self.embeddings_initializer, shape
+            ),
             regularizer=self.embeddings_regularizer,
             constraint=self.embeddings_constraint,
             name="embeddings",
@@ -144,7 +147,8 @@ class Embedding(keras.layers.Layer):
                 f"Layer '{self.name}' received `weights`, which only apply to bags "
                 "of ids. Pass `combiner=` ('sum', 'mean' or 'sqrtn') to use them."
             )
-        out = _lookup.lookup(self.embeddings, inputs, "gather", self._check_ids)
+        table = _layer_utils.sparse_readable(self.embeddings)
+        out = _lookup.lookup(table, inputs, "gather", self._check_ids)
         return _lookup.with_mask(tf.cast(out, self.compute_dtype), self._mask(inputs))
 
     def _check_ids(self, ids):
@@ -157,9 +161,9 @@ class Embedding(keras.layers.Layer):
         bags = _lookup.bags_from_ids(
             inputs, weights, keep, self._check_ids, self.combiner, self.name
         )
-        return _lookup.reduce_bags(
-            self.embeddings, bags, self.combiner, "gather", self.compute_dtype
-        )
+        table = _layer_utils.sparse_readable(self.embeddings)
+        out = _lookup.reduce_bags(table, bags, self.combiner, "gather", tf.float32)
+        return tf.cast(out, self.compute_dtype)
 
     def _reverse(self, inputs):
         table = tf.cast(self.embeddings, self.compute_dtype)

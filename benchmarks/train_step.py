@@ -1,0 +1,315 @@
+"""Training-step time and peak memory of an embedding model against vocabulary size.
+
+Trains `Embedding -> GlobalAveragePooling1D -> Dense(1)` with `train_on_batch`
+(batch 32 x 128 ids, D=128) and compares, at each vocabulary size V:
+
+- ours:  `keras_lookup.Embedding` + `keras_lookup.optimizers.LazyAdam`
+- keras: `keras.layers.Embedding` + `keras.optimizers.Adam`
+- keras+lazy: `keras.layers.Embedding` + `LazyAdam`: the optimizer with
+  Keras's own layer, which reads the table densely (cheap only because the
+  optimizer switches TensorFlow's copy-on-read mode back off after each
+  sparse update).
+
+Each (system, V) runs in its own subprocess, so that its peak RSS
+(`ru_maxrss`, read at the end of the child) is its own. Writes a Markdown table
+to `benchmarks/results/train_step.md` and a log-log plot to
+`benchmarks/results/train_step.png`.
+
+Usage:
+
+    python benchmarks/train_step.py                # V = 1k, 100k, 1M
+    python benchmarks/train_step.py --quick        # V = 1k, 100k; few steps
+    python benchmarks/train_step.py --vocab-sizes 1000 10000 --steps 30
+    python benchmarks/train_step.py --build-optimizer-first   # see below
+
+`--build-optimizer-first` calls `optimizer.build` right after `compile`. The
+table's initializer frees about two tables' worth of temporaries that
+TensorFlow's allocator keeps; slots created at once reuse them, while slots
+created inside the first `train_on_batch` may not fit there any more, which
+shows as about +0.5 GiB of peak RSS for Adam's two slots at V=1M.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+BATCH, LENGTH, DIM = 32, 128, 128
+SYSTEMS = ("ours", "keras", "keras+lazy")
+LABELS = {
+    "ours": "keras_lookup.Embedding + LazyAdam",
+    "keras": "keras.layers.Embedding + keras Adam",
+    "keras+lazy": "keras.layers.Embedding + LazyAdam",
+}
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def child(system, vocab, steps, warmup, seed, build_first):
+    """Runs one configuration and prints one JSON line."""
+    import resource
+
+    import keras
+    import numpy as np
+
+    import keras_lookup
+    from keras_lookup.optimizers import LazyAdam
+
+    keras.utils.set_random_seed(seed)
+    if system == "ours":
+        embedding, optimizer = keras_lookup.Embedding(vocab, DIM), LazyAdam()
+    elif system == "keras":
+        embedding = keras.layers.Embedding(vocab, DIM)
+        optimizer = keras.optimizers.Adam()
+    else:
+        embedding, optimizer = keras.layers.Embedding(vocab, DIM), LazyAdam()
+    model = keras.Sequential(
+        [
+            keras.Input((LENGTH,), dtype="int32"),
+            embedding,
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    if build_first:
+        # Slots created now reuse the memory the table's initializer just
+        # freed; built inside the first `train_on_batch`, one of Adam's two
+        # slots may not fit there any more (about +0.5 GiB at V=1M).
+        optimizer.build(model.trainable_variables)
+    rng = np.random.default_rng(seed)
+    batches = [
+        (
+            rng.integers(0, vocab, size=(BATCH, LENGTH), dtype=np.int32),
+            rng.normal(size=(BATCH, 1)).astype("float32"),
+        )
+        for _ in range(8)
+    ]
+    for i in range(warmup):
+        model.train_on_batch(*batches[i % len(batches)])
+    times = []
+    for i in range(steps):
+        x, y = batches[i % len(batches)]
+        start = time.perf_counter()
+        loss = model.train_on_batch(x, y)  # returns a float: the step is done
+        times.append(time.perf_counter() - start)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "system": system,
+                "vocab": vocab,
+                "median_ms": 1e3 * float(np.median(times)),
+                "p10_ms": 1e3 * float(np.percentile(times, 10)),
+                "p90_ms": 1e3 * float(np.percentile(times, 90)),
+                "peak_rss_mb": peak_kb / 1024,
+                "steps": steps,
+                "final_loss": float(loss),
+                "load_avg": os.getloadavg()[0],
+            }
+        ),
+        flush=True,
+    )
+
+
+def run_config(system, vocab, args):
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        system,
+        "--vocab-sizes",
+        str(vocab),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        *(["--build-optimizer-first"] if args.build_optimizer_first else []),
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        sys.exit(
+            f"{system} V={vocab} failed (exit {result.returncode}):\n"
+            + result.stderr[-3000:]
+        )
+    record = json.loads(lines[-1][len("RESULT ") :])
+    record["wall_s"] = time.perf_counter() - start
+    return record
+
+
+def _fmt_v(vocab):
+    for unit, size in (("M", 10**6), ("k", 10**3)):
+        if vocab >= size and vocab % size == 0:
+            return f"{vocab // size}{unit}"
+    return str(vocab)
+
+
+def table(records, vocab_sizes):
+    by = {(r["system"], r["vocab"]): r for r in records}
+    first = vocab_sizes[0]
+    ratio = f"V/{_fmt_v(first)}"
+    has_mixed = any(r["system"] == "keras+lazy" for r in records)
+    header = [
+        "V",
+        "ours step (ms)",
+        "keras step (ms)",
+        "speed-up keras/ours",
+        f"ours {ratio}",
+        f"keras {ratio}",
+        "ours peak RSS (GiB)",
+        "keras peak RSS (GiB)",
+    ]
+    if has_mixed:
+        header += ["keras+lazy step (ms)", "keras+lazy peak RSS (GiB)"]
+    header.append("load avg")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for vocab in vocab_sizes:
+        ours, ref = by[("ours", vocab)], by[("keras", vocab)]
+        row = [
+            f"{vocab:,}",
+            f"{ours['median_ms']:.1f}",
+            f"{ref['median_ms']:.1f}",
+            f"{ref['median_ms'] / ours['median_ms']:.1f}x",
+            f"{ours['median_ms'] / by[('ours', first)]['median_ms']:.2f}x",
+            f"{ref['median_ms'] / by[('keras', first)]['median_ms']:.2f}x",
+            f"{ours['peak_rss_mb'] / 1024:.2f}",
+            f"{ref['peak_rss_mb'] / 1024:.2f}",
+        ]
+        runs = [ours, ref]
+        if has_mixed:
+            mixed = by[("keras+lazy", vocab)]
+            runs.append(mixed)
+            row += [f"{mixed['median_ms']:.1f}", f"{mixed['peak_rss_mb'] / 1024:.2f}"]
+        row.append(f"{max(r['load_avg'] for r in runs):.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot(records, vocab_sizes, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for system, marker in zip(SYSTEMS, "os^", strict=True):
+        rows = sorted(
+            (r for r in records if r["system"] == system), key=lambda r: r["vocab"]
+        )
+        if not rows:
+            continue
+        ax.errorbar(
+            [r["vocab"] for r in rows],
+            [r["median_ms"] for r in rows],
+            yerr=[
+                [r["median_ms"] - r["p10_ms"] for r in rows],
+                [r["p90_ms"] - r["median_ms"] for r in rows],
+            ],
+            marker=marker,
+            capsize=3,
+            label=LABELS[system],
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("vocabulary size V")
+    ax.set_ylabel("train_on_batch step time (ms, median; p10-p90)")
+    ax.set_title(f"Adam step, batch {BATCH}x{LENGTH} ids, D={DIM}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=None, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument(
+        "--vocab-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="vocabulary sizes (default: 1000 100000 1000000)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="V = 1k, 100k and 10 steps: a smoke run"
+    )
+    parser.add_argument("--out", default=RESULTS, help="folder for the .md and .png")
+    parser.add_argument(
+        "--no-keras-lazy",
+        action="store_true",
+        help="skip the keras.layers.Embedding + LazyAdam configuration",
+    )
+    parser.add_argument(
+        "--build-optimizer-first",
+        action="store_true",
+        help="build the optimizer right after compile (lower peak RSS)",
+    )
+    parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.steps is None:
+        args.steps = 10 if args.quick else 50
+    if args.vocab_sizes is None:
+        args.vocab_sizes = [1000, 100_000] if args.quick else [1000, 100_000, 10**6]
+    if args.child:
+        child(
+            args.child,
+            args.vocab_sizes[0],
+            args.steps,
+            args.warmup,
+            seed=0,
+            build_first=args.build_optimizer_first,
+        )
+        return
+
+    vocab_sizes = sorted(args.vocab_sizes)
+    systems = SYSTEMS[:2] if args.no_keras_lazy else SYSTEMS
+    records = []
+    for vocab in vocab_sizes:
+        for system in systems:
+            print(f"{system:>10} V={vocab:>9,} ...", end=" ", flush=True)
+            record = run_config(system, vocab, args)
+            records.append(record)
+            print(
+                f"{record['median_ms']:8.2f} ms/step  "
+                f"peak RSS {record['peak_rss_mb'] / 1024:5.2f} GiB  "
+                f"({record['wall_s']:.0f} s)",
+                flush=True,
+            )
+
+    import keras
+    import tensorflow as tf
+
+    text = table(records, vocab_sizes)
+    command = "python benchmarks/train_step.py " + " ".join(sys.argv[1:])
+    about = (
+        f"Command: `{command.strip()}`  \n"
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+        f"Python {platform.python_version()}.  \n"
+        f"Model: Embedding(V, {DIM}) -> GlobalAveragePooling1D -> Dense(1), "
+        f"`train_on_batch` on {BATCH}x{LENGTH} uniform random ids, "
+        f"{args.warmup} warm-up steps, median of {args.steps} timed steps. "
+        "Each configuration ran in its own process; peak RSS is that "
+        "process's `ru_maxrss`. Load avg: the highest 1-minute load average "
+        "seen at the end of the row's runs (this machine has "
+        f"{os.cpu_count()} cores; above that, other work shared the CPUs)."
+    )
+    print()
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "train_step.md"), "w") as f:
+        f.write(f"# Training step vs vocabulary size\n\n{about}\n\n{text}\n")
+    plot(records, vocab_sizes, os.path.join(args.out, "train_step.png"))
+    print(f"\nwrote {args.out}/train_step.md and train_step.png")
+
+
+if __name__ == "__main__":
+    main()
