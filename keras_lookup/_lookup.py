@@ -19,15 +19,15 @@ SUPPORTED_COMBINERS = ("sum", "mean", "sqrtn")
 SUPPORTED_STRATEGIES = ("auto", "gather", "matmul")
 SUPPORTED_INPUT_FORMATS = ("ids", "multi_hot")
 
-# `strategy="auto"` thresholds, from the forward+backward measurements in
-# shared/FACTS.md (2-core CPU, TF 2.21): for one id per position, one-hot matmul
-# is level with or faster than gather up to V = 8-16 and gather wins from
-# V = 32; for bags, matmul wins at V = 256 (k = 8 and 64) and at V <= 4,096
-# once bags hold about 64 ids, while gather+segment-sum wins at k = 8 beyond
-# V = 256.
-AUTO_MATMUL_MAX_VOCAB = 16
+# `strategy="auto"` thresholds, from `python benchmarks/lookup.py` (forward +
+# backward, D=64, 2-core CPU, TF 2.21; benchmarks/results/lookup.md), which
+# agree with shared/FACTS.md: for one id per position one-hot matmul beat
+# gather up to V = 32 (1.5x) and was level at V = 64; for bags of k = 8 ids
+# matmul won up to V = 256 and lost from V = 1,024; for bags of k = 64 it won
+# up to V = 1,024 and lost from V = 4,096.
+AUTO_MATMUL_MAX_VOCAB = 32
 AUTO_BAG_MATMUL_MAX_VOCAB = 256
-AUTO_LARGE_BAG_MATMUL_MAX_VOCAB = 4096
+AUTO_LARGE_BAG_MATMUL_MAX_VOCAB = 2048
 AUTO_LARGE_BAG_IDS = 64
 
 
