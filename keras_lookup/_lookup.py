@@ -169,6 +169,23 @@ def _check_same(ok, layer_name, what):
     )
 
 
+def _require_type(weights, cls, form, layer_name):
+    if not isinstance(weights, cls):
+        raise TypeError(
+            f"Layer '{layer_name}' received {form} ids, so `weights` must be a "
+            f"tf.{cls.__name__} too. Received: {type(weights).__name__}"
+        )
+
+
+def _matching_values(weights, ids_layout, weights_layout, what, layer_name):
+    """`weights.values`, once the weights' layout (row splits or indices) is
+    checked equal to the ids'; every use of the values waits for the check."""
+    a, b = ids_layout, tf.cast(weights_layout, ids_layout.dtype)
+    same = tf.reduce_all(tf.shape(a) == tf.shape(b))
+    same = tf.cond(same, lambda: tf.reduce_all(a == b), lambda: same)
+    return _checks.with_dependency(weights.values, _check_same(same, layer_name, what))
+
+
 def _check_weights(weights, combiner, layer_name):
     if combiner != "mean":
         return None
@@ -197,16 +214,10 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
                 f"(batch, None). Received a ragged tensor of shape {ids.shape}."
             )
         if weights is not None:
-            if not isinstance(weights, tf.RaggedTensor):
-                raise TypeError(
-                    f"Layer '{layer_name}' received ragged ids, so `weights` must "
-                    f"be a tf.RaggedTensor too. Received: {type(weights).__name__}"
-                )
-            a, b = ids.row_splits, tf.cast(weights.row_splits, ids.row_splits.dtype)
-            same = tf.shape(a)[0] == tf.shape(b)[0]
-            same = tf.cond(same, lambda: tf.reduce_all(a == b), lambda: same)
-            same_check = _check_same(same, layer_name, "row lengths")
-            weights = _checks.with_dependency(weights.values, same_check)
+            _require_type(weights, tf.RaggedTensor, "ragged", layer_name)
+            weights = _matching_values(
+                weights, ids.row_splits, weights.row_splits, "row lengths", layer_name
+            )
         flat, row, nrows = ids.values, ids.value_rowids(), ids.nrows()
         outer, per_row = tf.reshape(nrows, [1]), None
     elif isinstance(ids, tf.SparseTensor):
@@ -216,16 +227,10 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
                 f"(batch, ids_per_row). Received rank {ids.shape.rank}."
             )
         if weights is not None:
-            if not isinstance(weights, tf.SparseTensor):
-                raise TypeError(
-                    f"Layer '{layer_name}' received sparse ids, so `weights` must "
-                    f"be a tf.SparseTensor too. Received: {type(weights).__name__}"
-                )
-            a, b = ids.indices, weights.indices
-            same = tf.reduce_all(tf.shape(a) == tf.shape(b))
-            same = tf.cond(same, lambda: tf.reduce_all(a == b), lambda: same)
-            same_check = _check_same(same, layer_name, "indices")
-            weights = _checks.with_dependency(weights.values, same_check)
+            _require_type(weights, tf.SparseTensor, "sparse", layer_name)
+            weights = _matching_values(
+                weights, ids.indices, weights.indices, "indices", layer_name
+            )
         flat, row, nrows = ids.values, ids.indices[:, 0], ids.dense_shape[0]
         outer, per_row = tf.reshape(nrows, [1]), None
     else:
