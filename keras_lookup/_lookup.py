@@ -52,11 +52,23 @@ def rows(table, ids, strategy):
     return tf.reshape(out, tf.concat([tf.shape(ids), tf.shape(table)[1:]], 0))
 
 
-def _fill_invalid(out, valid, fill):
+def _checked_rows(table, ids, valid, fill, strategy):
+    """Rows for `ids`; where `valid` is False, `fill` instead (see validate_ids).
+
+    With `fill=0` only the valid ids are looked up, so invalid ones send no
+    gradient at all (as `safe_embedding_lookup_sparse` prunes them). XLA needs
+    static shapes, so there invalid ids look up row 0 and are masked out: their
+    gradient is zero, but a row-sparse gradient still lists row 0.
+    """
     if valid is None:
-        return out
-    fill = tf.constant(fill, out.dtype)
-    return tf.where(valid[..., None], out, fill)
+        return rows(table, ids, strategy)
+    if fill == 0.0 and not _checks.in_xla_context():
+        positions = tf.where(valid)
+        found = rows(table, tf.gather_nd(ids, positions), strategy)
+        shape = tf.concat([tf.shape(ids, tf.int64), tf.shape(table, tf.int64)[1:]], 0)
+        return tf.scatter_nd(positions, found, shape)
+    out = rows(table, ids, strategy)
+    return tf.where(valid[..., None], out, tf.constant(fill, out.dtype))
 
 
 def lookup(table, ids, strategy, check):
@@ -68,16 +80,14 @@ def lookup(table, ids, strategy, check):
     """
     if isinstance(ids, tf.RaggedTensor):
         flat, valid, fill = check(ids.flat_values)
-        return ids.with_flat_values(
-            _fill_invalid(rows(table, flat, strategy), valid, fill)
-        )
+        return ids.with_flat_values(_checked_rows(table, flat, valid, fill, strategy))
     if isinstance(ids, tf.SparseTensor):
         flat, valid, fill = check(ids.values)
-        out = _fill_invalid(rows(table, flat, strategy), valid, fill)
+        out = _checked_rows(table, flat, valid, fill, strategy)
         shape = tf.concat([ids.dense_shape, tf.shape(table, tf.int64)[1:]], 0)
         return tf.scatter_nd(ids.indices, out, shape)
     safe, valid, fill = check(ids)
-    return _fill_invalid(rows(table, safe, strategy), valid, fill)
+    return _checked_rows(table, safe, valid, fill, strategy)
 
 
 class Bags:
@@ -275,7 +285,15 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
     if valid is not None:
         weights = tf.ones_like(flat, tf.float32) if weights is None else weights
         weights = tf.cast(weights, tf.float32)
-        weights = tf.where(valid, weights, tf.constant(fill, tf.float32))
+        if fill == 0.0 and not _checks.in_xla_context():
+            # Drop invalid ids from their bags outright, so that they send no
+            # gradient (see `_checked_rows`); the bags are no longer rectangular.
+            flat, weights, row = (
+                tf.boolean_mask(t, valid) for t in (flat, weights, row)
+            )
+            per_row = None
+        else:
+            weights = tf.where(valid, weights, tf.constant(fill, tf.float32))
     return Bags(flat, weights, row, nrows, outer, per_row=per_row)
 
 

@@ -33,7 +33,7 @@ class Embedding(keras.layers.Layer):
             `sqrtn` by `sqrt(Σ wᵢ²)`. Empty bags give a zero vector.
         invalid_ids: String, one of `"raise"` (default) or `"zeros"`. With
             `"zeros"`, invalid ids give a zero vector, drop out of bags, and
-            send a zero gradient to the table.
+            send no gradient to the table.
         weights: Optional initial table, a `(input_dim, output_dim)` array
             (or a list holding one), as in `keras.layers.Embedding`.
 
