@@ -25,6 +25,20 @@ def config_of(layer, names):
     return config
 
 
+# The arguments `Dense` and `DimensionReducer` share: the activation and what
+# `add_kernel_and_bias` reads.
+KERNEL_AND_BIAS_ARGS = (
+    "activation",
+    "use_bias",
+    "kernel_initializer",
+    "bias_initializer",
+    "kernel_regularizer",
+    "bias_regularizer",
+    "kernel_constraint",
+    "bias_constraint",
+)
+
+
 def add_kernel_and_bias(layer, kernel_shape):
     """Creates `layer.kernel` and, when `layer.use_bias`, `layer.bias`."""
     initializer = table_initializer(layer.kernel_initializer, kernel_shape)

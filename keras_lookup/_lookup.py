@@ -71,13 +71,19 @@ def _checked_rows(table, ids, valid, fill, strategy):
     return tf.where(valid[..., None], out, tf.constant(fill, out.dtype))
 
 
-def lookup(table, ids, strategy, check):
+def lookup(table, ids, weights, strategy, check, layer_name):
     """One vector per id; `check(ids) -> (ids, valid, fill)` validates ids.
 
     Dense ids of shape `S` give `S + (dim,)`; ragged ids give ragged output;
     sparse ids give a dense `dense_shape + (dim,)` output with zero vectors
-    where the sparse input has no entry.
+    where the sparse input has no entry. Per-id `weights` only mean something
+    in a bag, so they are refused here.
     """
+    if weights is not None:
+        raise ValueError(
+            f"Layer '{layer_name}' received `weights`, which only apply to bags "
+            "of ids. Pass `combiner=` ('sum', 'mean' or 'sqrtn') to use them."
+        )
     if isinstance(ids, tf.RaggedTensor):
         flat, valid, fill = check(ids.flat_values)
         return ids.with_flat_values(_checked_rows(table, flat, valid, fill, strategy))
@@ -133,11 +139,13 @@ class Bags:
         return tf.scatter_nd(coords, values, shape)
 
 
-def reduce_bags(table, bags, combiner, strategy, dtype):
+def reduce_bags(table, bags, combiner, strategy):
     """Combines each bag's rows of `table` with `"sum"`, `"mean"` or `"sqrtn"`.
 
-    Empty bags (and bags whose weights are all zero) give a zero vector.
+    Empty bags (and bags whose weights are all zero) give a zero vector. The
+    sums are computed in the table's dtype.
     """
+    dtype = table.dtype
     weights = bags.weights
     if strategy == "gather":
         vectors = tf.gather(table, bags.ids)

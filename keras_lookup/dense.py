@@ -106,17 +106,7 @@ class Dense(keras.layers.Layer):
         config.update(
             _layer_utils.config_of(
                 self,
-                [
-                    "units",
-                    "activation",
-                    "use_bias",
-                    "kernel_initializer",
-                    "bias_initializer",
-                    "kernel_regularizer",
-                    "bias_regularizer",
-                    "kernel_constraint",
-                    "bias_constraint",
-                ],
+                ["units", *_layer_utils.KERNEL_AND_BIAS_ARGS],
             )
         )
         return config

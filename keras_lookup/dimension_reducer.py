@@ -178,12 +178,9 @@ class DimensionReducer(keras.layers.Layer):
         return _layer_utils.sparse_readable(self.kernel)
 
     def _lookup(self, inputs, weights):
-        if weights is not None:
-            raise ValueError(
-                f"Layer '{self.name}' received `weights`, which only apply to bags "
-                "of ids. Pass `combiner=` ('sum', 'mean' or 'sqrtn') to use them."
-            )
-        out = _lookup.lookup(self._table(), inputs, self._strategy, self._check_ids)
+        out = _lookup.lookup(
+            self._table(), inputs, weights, self._strategy, self._check_ids, self.name
+        )
         return tf.cast(out, self.compute_dtype)
 
     def _combine(self, inputs, weights, mask):
@@ -208,7 +205,7 @@ class DimensionReducer(keras.layers.Layer):
     def _reduce(self, bags):
         combiner = self.combiner or "sum"
         table = self._table()
-        out = _lookup.reduce_bags(table, bags, combiner, self._strategy, table.dtype)
+        out = _lookup.reduce_bags(table, bags, combiner, self._strategy)
         return tf.cast(out, self.compute_dtype)
 
     def _mask(self, inputs):
@@ -228,14 +225,7 @@ class DimensionReducer(keras.layers.Layer):
                     "vocab_size",
                     "units",
                     "strategy",
-                    "activation",
-                    "use_bias",
-                    "kernel_initializer",
-                    "bias_initializer",
-                    "kernel_regularizer",
-                    "bias_regularizer",
-                    "kernel_constraint",
-                    "bias_constraint",
+                    *_layer_utils.KERNEL_AND_BIAS_ARGS,
                     "mask_zero",
                     "combiner",
                     "input_format",

@@ -142,13 +142,10 @@ class Embedding(keras.layers.Layer):
             return _lookup.with_mask(self._reverse(inputs), mask)
         if self.combiner is not None:
             return self._combine(inputs, weights, mask)
-        if weights is not None:
-            raise ValueError(
-                f"Layer '{self.name}' received `weights`, which only apply to bags "
-                "of ids. Pass `combiner=` ('sum', 'mean' or 'sqrtn') to use them."
-            )
         table = _layer_utils.sparse_readable(self.embeddings)
-        out = _lookup.lookup(table, inputs, "gather", self._check_ids)
+        out = _lookup.lookup(
+            table, inputs, weights, "gather", self._check_ids, self.name
+        )
         return _lookup.with_mask(tf.cast(out, self.compute_dtype), self._mask(inputs))
 
     def _check_ids(self, ids):
@@ -162,7 +159,7 @@ class Embedding(keras.layers.Layer):
             inputs, weights, keep, self._check_ids, self.combiner, self.name
         )
         table = _layer_utils.sparse_readable(self.embeddings)
-        out = _lookup.reduce_bags(table, bags, self.combiner, "gather", tf.float32)
+        out = _lookup.reduce_bags(table, bags, self.combiner, "gather")
         return tf.cast(out, self.compute_dtype)
 
     def _reverse(self, inputs):
