@@ -1,4 +1,6 @@
-"""Weight creation and config serialization shared by the layers."""
+"""Table creation, table reads and config serialization shared by the layers."""
+
+import contextlib
 
 import keras
 import tensorflow as tf
@@ -25,8 +27,7 @@ def config_of(layer, names):
     return config
 
 
-# The arguments `Dense` and `DimensionReducer` share: the activation and what
-# `add_kernel_and_bias` reads.
+# `DimensionReducer`'s arguments named as `keras.layers.Dense` names them.
 KERNEL_AND_BIAS_ARGS = (
     "activation",
     "use_bias",
@@ -37,27 +38,6 @@ KERNEL_AND_BIAS_ARGS = (
     "kernel_constraint",
     "bias_constraint",
 )
-
-
-def add_kernel_and_bias(layer, kernel_shape):
-    """Creates `layer.kernel` and, when `layer.use_bias`, `layer.bias`."""
-    initializer = table_initializer(layer.kernel_initializer, kernel_shape)
-    layer.kernel = layer.add_weight(
-        shape=kernel_shape,
-        initializer=initializer,
-        regularizer=layer.kernel_regularizer,
-        constraint=layer.kernel_constraint,
-        name="kernel",
-    )
-    layer.bias = None
-    if layer.use_bias:
-        layer.bias = layer.add_weight(
-            shape=(kernel_shape[-1],),
-            initializer=layer.bias_initializer,
-            regularizer=layer.bias_regularizer,
-            constraint=layer.bias_constraint,
-            name="bias",
-        )
 
 
 def sparse_readable(variable):
@@ -102,3 +82,20 @@ def table_initializer(initializer, shape):
         return tf.function(lambda: initializer(shape, dtype))()
 
     return initialize
+
+
+@contextlib.contextmanager
+def large_table_initializer(layer):
+    """Within it, `layer.embeddings_initializer` is `table_initializer`'s.
+
+    `keras.layers.Embedding.build` creates the table from the layer's
+    initializer; this lets it do so as one graph for large tables without
+    copying Keras's `build`. `get_config` still sees the user's initializer.
+    """
+    initializer = layer.embeddings_initializer
+    shape = (layer.input_dim, layer.output_dim)
+    layer.embeddings_initializer = table_initializer(initializer, shape)
+    try:
+        yield
+    finally:
+        layer.embeddings_initializer = initializer

@@ -42,14 +42,62 @@ def resolve_strategy(vocab_size, bags, ids_per_row=None):
     return "gather"
 
 
+class TableReader:
+    """A `(vocab_size, dim)` table, read by row (`gather`) or whole (`matmul`).
+
+    `stored` holds the table: a float variable, or a quantized one that
+    `dequantize(rows, ids)` turns into float32 rows. `lora`, when set, is
+    `(a, b, factor)` and the table is `stored + factor * a @ b`. A gather
+    dequantizes and adapts only the rows it reads, so its gradient (to the
+    table, or to `a`) stays row-sparse.
+    """
+
+    def __init__(self, stored, vocab_size, dim, dequantize=None, lora=None):
+        self.vocab_size = vocab_size
+        self.dim = dim
+        self.dtype = tf.float32 if dequantize else tf.as_dtype(stored.dtype)
+        self._stored = stored
+        self._dequantize = dequantize
+        self._lora = lora
+
+    def gather(self, ids):
+        rows = tf.gather(self._stored, ids)
+        if self._dequantize is not None:
+            rows = self._dequantize(rows, ids)
+        if self._lora is not None:
+            a, b, factor = self._lora
+            low_rank = tf.tensordot(tf.gather(a, ids), tf.cast(b, a.dtype), 1)
+            rows = rows + tf.cast(factor * low_rank, rows.dtype)
+        return rows
+
+    def matmul(self, x):
+        """`x @ table` for a `(n, vocab_size)` float matrix `x`."""
+        x = tf.cast(x, self.dtype)
+        if self._dequantize is None:
+            out = tf.matmul(x, self._stored)
+        else:
+            out = tf.matmul(x, self.gather(tf.range(self.vocab_size)))
+            return out  # the gather above already added any LoRA delta
+        if self._lora is not None:
+            a, b, factor = self._lora
+            low_rank = tf.matmul(tf.matmul(x, tf.cast(a, x.dtype)), tf.cast(b, x.dtype))
+            out = out + factor * low_rank
+        return out
+
+    def whole(self):
+        """The whole float table, e.g. for a tied output projection."""
+        if self._dequantize is None and self._lora is None:
+            return tf.convert_to_tensor(self._stored)
+        return self.gather(tf.range(self.vocab_size))
+
+
 def rows(table, ids, strategy):
     """One table row per id in the flat or dense int tensor `ids`."""
     if strategy == "gather":
-        return tf.gather(table, ids)
-    one_hot = tf.one_hot(ids, tf.shape(table)[0], dtype=table.dtype)
-    flat = tf.reshape(one_hot, [-1, tf.shape(table)[0]])
-    out = tf.matmul(flat, table)
-    return tf.reshape(out, tf.concat([tf.shape(ids), tf.shape(table)[1:]], 0))
+        return table.gather(ids)
+    one_hot = tf.one_hot(ids, table.vocab_size, dtype=table.dtype)
+    out = table.matmul(tf.reshape(one_hot, [-1, table.vocab_size]))
+    return tf.reshape(out, tf.concat([tf.shape(ids), [table.dim]], 0))
 
 
 def _checked_rows(table, ids, valid, fill, strategy):
@@ -65,7 +113,9 @@ def _checked_rows(table, ids, valid, fill, strategy):
     if fill == 0.0 and not _checks.in_xla_context():
         positions = tf.where(valid)
         found = rows(table, tf.gather_nd(ids, positions), strategy)
-        shape = tf.concat([tf.shape(ids, tf.int64), tf.shape(table, tf.int64)[1:]], 0)
+        shape = tf.concat(
+            [tf.shape(ids, tf.int64), tf.constant([table.dim], tf.int64)], 0
+        )
         return tf.scatter_nd(positions, found, shape)
     out = rows(table, ids, strategy)
     return tf.where(valid[..., None], out, tf.constant(fill, out.dtype))
@@ -90,7 +140,7 @@ def lookup(table, ids, weights, strategy, check, layer_name):
     if isinstance(ids, tf.SparseTensor):
         flat, valid, fill = check(ids.values)
         out = _checked_rows(table, flat, valid, fill, strategy)
-        shape = tf.concat([ids.dense_shape, tf.shape(table, tf.int64)[1:]], 0)
+        shape = tf.concat([ids.dense_shape, tf.constant([table.dim], tf.int64)], 0)
         return tf.scatter_nd(ids.indices, out, shape)
     safe, valid, fill = check(ids)
     return _checked_rows(table, safe, valid, fill, strategy)
@@ -148,12 +198,12 @@ def reduce_bags(table, bags, combiner, strategy):
     dtype = table.dtype
     weights = bags.weights
     if strategy == "gather":
-        vectors = tf.gather(table, bags.ids)
+        vectors = table.gather(bags.ids)
         if weights is not None:
             vectors = vectors * tf.cast(weights, dtype)[:, None]
         sums = bags.row_sums(vectors)
     else:
-        sums = tf.matmul(bags.multi_hot(table.shape[0], dtype), table)
+        sums = table.matmul(bags.multi_hot(table.vocab_size, dtype))
     if combiner in ("mean", "sqrtn"):
         if weights is None:
             weights = tf.ones_like(bags.ids, dtype=tf.float32)
@@ -164,7 +214,7 @@ def reduce_bags(table, bags, combiner, strategy):
             denominator = tf.sqrt(bags.row_sums(weights**2))
         sums = tf.math.divide_no_nan(sums, tf.cast(denominator, dtype)[:, None])
     outer = tf.cast(bags.outer_shape, tf.int64)
-    out_shape = tf.concat([outer, tf.shape(table, tf.int64)[1:]], 0)
+    out_shape = tf.concat([outer, tf.constant([table.dim], tf.int64)], 0)
     return tf.reshape(sums, out_shape)
 
 

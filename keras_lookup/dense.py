@@ -1,20 +1,22 @@
 import keras
-import tensorflow as tf
-
-from keras_lookup import _checks, _layer_utils
 
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
-class Dense(keras.layers.Layer):
+class Dense(keras.layers.Dense):
     """Densely-connected layer, `activation(inputs @ kernel + bias)`, for dense
     and sparse inputs.
 
     The multiplying side of the lookup/matmul pair: on a one-hot matrix of ids
     it gives the same numbers as `keras_lookup.Embedding` on the ids
-    (`one_hot(ids) @ W == W[ids]`). It takes the arguments of
-    `keras.layers.Dense` under the same names, and also a `tf.SparseTensor`
-    batch (a sparse one-hot, multi-hot or count matrix), which it multiplies
-    with `tf.sparse.sparse_dense_matmul` without ever densifying it.
+    (`one_hot(ids) @ W == W[ids]`). It *is* `keras.layers.Dense`, subclassed
+    and registered under `keras_lookup`, so LoRA (`lora_rank`,
+    `enable_lora`), quantization (`quantize("int8")` and the rest), input
+    specs and config keys are Keras's own. On a rank-2 `tf.SparseTensor`
+    (a sparse one-hot, multi-hot or count matrix) Keras's TensorFlow backend
+    multiplies with an embedding-style lookup of the kernel rows the batch
+    touches, so the kernel's gradient is a row-sparse `tf.IndexedSlices` and
+    `keras_lookup.optimizers.LazyAdam` updates only those rows: training cost
+    then does not grow with the number of input columns.
 
     Args:
         units: Integer. Dimensionality of the output space.
@@ -28,6 +30,9 @@ class Dense(keras.layers.Layer):
         activity_regularizer: Regularizer function applied to the output.
         kernel_constraint: Constraint function applied to `kernel`.
         bias_constraint: Constraint function applied to the bias vector.
+        lora_rank: Optional integer. Enables LoRA with this rank (Keras's).
+        lora_alpha: Optional number. Scales the LoRA delta by
+            `lora_alpha / lora_rank` (Keras's).
 
     Call arguments:
         inputs: A dense tensor of rank >= 2, or a rank-2 `tf.SparseTensor`.
@@ -51,62 +56,10 @@ class Dense(keras.layers.Layer):
     [[5.0, 6.0], [1.0, 2.0]]
     """
 
-    def __init__(
-        self,
-        units,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        **kwargs,
-    ):
-        units = _checks.check_positive_int("units", units)
-        use_bias = _checks.check_bool("use_bias", use_bias)
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self.units = units
-        self.activation = keras.activations.get(activation)
-        self.use_bias = use_bias
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.supports_masking = True
-
-    def build(self, input_shape):
-        input_dim = input_shape[-1]
-        if input_dim is None:
-            raise ValueError(
-                f"Layer '{self.name}' needs a known last input dimension to build "
-                f"its kernel. Received input_shape={tuple(input_shape)}"
-            )
-        _layer_utils.add_kernel_and_bias(self, (input_dim, self.units))
-        self.built = True
-
-    def call(self, inputs):
-        if isinstance(inputs, tf.SparseTensor):
-            x = tf.sparse.sparse_dense_matmul(inputs, self.kernel)
-        else:
-            x = tf.tensordot(inputs, self.kernel, axes=[[inputs.shape.rank - 1], [0]])
-        if self.bias is not None:
-            x = tf.nn.bias_add(x, self.bias)
-        return self.activation(x)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.units,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            _layer_utils.config_of(
-                self,
-                ["units", *_layer_utils.KERNEL_AND_BIAS_ARGS],
-            )
-        )
-        return config
+    def quantize(self, mode=None, type_check=True, config=None):
+        # Keras refuses to quantize subclasses of its Dense; this one adds no
+        # state and leaves `call` to Keras, so Keras's quantized paths apply as
+        # they are. Subclasses of this class are refused the same way.
+        if type_check and type(self) is not Dense:
+            raise self._not_implemented_error(self.quantize)
+        super().quantize(mode, type_check=False, config=config)

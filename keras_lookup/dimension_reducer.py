@@ -1,11 +1,11 @@
 import keras
 import tensorflow as tf
 
-from keras_lookup import _checks, _layer_utils, _lookup
+from keras_lookup import _base, _checks, _layer_utils, _lookup
 
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
-class DimensionReducer(keras.layers.Layer):
+class DimensionReducer(_base.LookupBase):
     """Reduces ids from a vocabulary to dense features, by lookup or by matmul.
 
     One layer, one weight, two ways to compute the same numbers:
@@ -20,7 +20,11 @@ class DimensionReducer(keras.layers.Layer):
     vocabularies and for bags over small vocabularies, gather otherwise.
 
     Ids are validated as in `keras_lookup.Embedding`: anything but an integer
-    in `[0, vocab_size)` raises, in either strategy.
+    in `[0, vocab_size)` raises, in either strategy. Like it, the layer builds
+    on `keras.layers.Embedding`, so LoRA (`lora_rank`, `enable_lora`) and
+    quantization (`quantize("int8" | "int4")`) are Keras's: the kernel is
+    quantized row by row (one scale per id), which both strategies read, so
+    they still agree and the weights stay the same for either.
 
     Args:
         vocab_size: Integer. Size of the vocabulary: ids lie in
@@ -49,6 +53,10 @@ class DimensionReducer(keras.layers.Layer):
             `keras.layers.CategoryEncoding` produces), whose entry `j` is the
             weight of id `j`; `combiner=None` then means `"sum"`.
         invalid_ids: String, one of `"raise"` (default) or `"zeros"`.
+        lora_rank: Optional integer. Enables LoRA with this rank: the kernel
+            is frozen and a trainable low-rank delta added (Keras's LoRA).
+        lora_alpha: Optional number. Scales the LoRA delta by
+            `lora_alpha / lora_rank`.
 
     Call arguments:
         inputs: Ids (dense, `tf.RaggedTensor` or `tf.SparseTensor`, as in
@@ -101,6 +109,8 @@ class DimensionReducer(keras.layers.Layer):
         combiner=None,
         input_format="ids",
         invalid_ids="raise",
+        lora_rank=None,
+        lora_alpha=None,
         **kwargs,
     ):
         vocab_size = _checks.check_positive_int("vocab_size", vocab_size)
@@ -109,86 +119,100 @@ class DimensionReducer(keras.layers.Layer):
         use_bias = _checks.check_bool("use_bias", use_bias)
         mask_zero = _checks.check_bool("mask_zero", mask_zero)
         _checks.check_choice(
-            "combiner", combiner, (None,) + _lookup.SUPPORTED_COMBINERS
-        )
-        _checks.check_choice(
             "input_format", input_format, _lookup.SUPPORTED_INPUT_FORMATS
         )
-        _checks.check_choice("invalid_ids", invalid_ids, _checks.INVALID_IDS_MODES)
         if input_format == "multi_hot" and mask_zero:
             raise ValueError(
                 '`mask_zero=True` applies to ids, not to `input_format="multi_hot"` '
                 "(a zero count already leaves an id out). Received: "
                 "mask_zero=True, input_format='multi_hot'"
             )
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self.vocab_size = vocab_size
-        self.units = units
+        # Set before Keras's constructor, which may build the layer.
         self.strategy = strategy
-        self.activation = keras.activations.get(activation)
         self.use_bias = use_bias
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.mask_zero = mask_zero
-        self.combiner = combiner
         self.input_format = input_format
-        self.invalid_ids = invalid_ids
+        super().__init__(
+            vocab_size,
+            units,
+            combiner=combiner,
+            invalid_ids=invalid_ids,
+            embeddings_initializer=kernel_initializer,
+            embeddings_regularizer=kernel_regularizer,
+            embeddings_constraint=kernel_constraint,
+            activity_regularizer=activity_regularizer,
+            mask_zero=mask_zero,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            **kwargs,
+        )
+        self.activation = keras.activations.get(activation)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
         self._bags = combiner is not None or input_format == "multi_hot"
+        if self._bags:
+            self.supports_masking = True
         self._strategy = strategy
         if strategy == "auto":
             self._strategy = _lookup.resolve_strategy(vocab_size, self._bags)
-        self.supports_masking = True
-        # See keras_lookup.Embedding: ids stay uncast, XLA cannot raise.
-        self.autocast = False
-        self.supports_jit = invalid_ids != "raise"
+
+    # Keras's Embedding names the constructor arguments and the table after
+    # embeddings; this layer keeps Dense's names (those of 0.1's files).
+    vocab_size = property(lambda self: self.input_dim)
+    units = property(lambda self: self.output_dim)
+    kernel_initializer = property(lambda self: self.embeddings_initializer)
+    kernel_regularizer = property(lambda self: self.embeddings_regularizer)
+    kernel_constraint = property(lambda self: self.embeddings_constraint)
+    kernel = property(lambda self: self.embeddings)
+    _vocab_arg = "vocab_size"
+
+    def add_weight(self, *args, name=None, **kwargs):
+        if name is not None:
+            name = name.replace("embeddings", "kernel")
+        return super().add_weight(*args, name=name, **kwargs)
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         if self.strategy == "auto" and self.input_format == "ids" and self._bags:
             # Bags whose size is known up front refine the choice.
             ids_per_row = None if input_shape is None else input_shape[-1]
             self._strategy = _lookup.resolve_strategy(
                 self.vocab_size, True, ids_per_row
             )
-        _layer_utils.add_kernel_and_bias(self, (self.vocab_size, self.units))
-        self.built = True
+        # Keras's build ends by enabling LoRA, which locks the layer's state;
+        # the bias comes first, in 0.1's weight order (kernel, bias).
+        lora_rank, self.lora_rank = self.lora_rank, None
+        super().build(input_shape)
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                shape=(self.units,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+                name="bias",
+            )
+        self.lora_rank = lora_rank
+        if lora_rank:
+            self.enable_lora(lora_rank, self.lora_alpha)
+
+    @property
+    def variable_serialization_spec(self):
+        spec = super().variable_serialization_spec
+        if not self.use_bias:
+            return spec
+        return {mode: [*names, "bias"] for mode, names in spec.items()}
 
     def call(self, inputs, weights=None, mask=None):
         if self.input_format == "multi_hot":
             out = self._multi_hot(inputs, weights)
-        elif self.combiner is not None:
-            out = self._combine(inputs, weights, mask)
         else:
-            out = self._lookup(inputs, weights)
+            out = self._lookup_ids(inputs, weights, mask, self._strategy)
+        out = tf.cast(out, self.compute_dtype)
         if self.bias is not None:
             out = out + tf.cast(self.bias, self.compute_dtype)
-        return _lookup.with_mask(self.activation(out), self._mask(inputs))
-
-    def _check_ids(self, ids):
-        return _checks.validate_ids(
-            ids, self.vocab_size, self.invalid_ids, self.name, "vocab_size"
-        )
-
-    def _table(self):
-        if self._strategy == "matmul":
-            return tf.cast(self.kernel, self.compute_dtype)
-        return _layer_utils.sparse_readable(self.kernel)
-
-    def _lookup(self, inputs, weights):
-        out = _lookup.lookup(
-            self._table(), inputs, weights, self._strategy, self._check_ids, self.name
-        )
-        return tf.cast(out, self.compute_dtype)
-
-    def _combine(self, inputs, weights, mask):
-        keep = _lookup.padding_keep(inputs, mask, self.mask_zero)
-        bags = _lookup.bags_from_ids(
-            inputs, weights, keep, self._check_ids, self.combiner, self.name
-        )
-        return self._reduce(bags)
+        return self.activation(out)
 
     def _multi_hot(self, inputs, weights):
         if weights is not None:
@@ -200,24 +224,43 @@ class DimensionReducer(keras.layers.Layer):
         bags = _lookup.bags_from_multi_hot(
             inputs, self.vocab_size, self.combiner, self.name, self._strategy
         )
-        return self._reduce(bags)
-
-    def _reduce(self, bags):
-        combiner = self.combiner or "sum"
-        table = self._table()
-        out = _lookup.reduce_bags(table, bags, combiner, self._strategy)
-        return tf.cast(out, self.compute_dtype)
-
-    def _mask(self, inputs):
-        if not self.mask_zero or self._bags or not isinstance(inputs, tf.Tensor):
-            return None
-        return tf.not_equal(inputs, 0)
+        table = _base.table_reader(self)
+        return _lookup.reduce_bags(table, bags, self.combiner or "sum", self._strategy)
 
     def compute_mask(self, inputs, mask=None):
-        return None
+        if self.input_format == "multi_hot":
+            return None
+        return super().compute_mask(inputs, mask)
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if self._bags:
+            return input_shape[:-1] + (self.units,)
+        return input_shape + (self.units,)
+
+    def compute_output_spec(self, inputs, weights=None, mask=None):
+        spec = super().compute_output_spec(inputs)
+        if self._bags:
+            return keras.KerasTensor(spec.shape, dtype=spec.dtype)
+        return spec
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        # See keras_lookup.Embedding.quantize. Both strategies read the same
+        # row-wise quantized kernel (one scale per id), so they still agree.
+        if type_check and type(self) is not DimensionReducer:
+            raise self._not_implemented_error(self.quantize)
+        super().quantize(mode, type_check=False, config=config)
 
     def get_config(self):
         config = super().get_config()
+        for name in (
+            "input_dim",
+            "output_dim",
+            "embeddings_initializer",
+            "embeddings_regularizer",
+            "embeddings_constraint",
+        ):
+            config.pop(name)
         config.update(
             _layer_utils.config_of(
                 self,
@@ -226,10 +269,7 @@ class DimensionReducer(keras.layers.Layer):
                     "units",
                     "strategy",
                     *_layer_utils.KERNEL_AND_BIAS_ARGS,
-                    "mask_zero",
-                    "combiner",
                     "input_format",
-                    "invalid_ids",
                 ],
             )
         )

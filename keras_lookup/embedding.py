@@ -1,20 +1,25 @@
 import keras
 import tensorflow as tf
 
-from keras_lookup import _checks, _layer_utils, _lookup
+from keras_lookup import _base, _checks, _lookup
 
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
-class Embedding(keras.layers.Layer):
+class Embedding(_base.LookupBase):
     """Turns integer ids into dense vectors by looking rows up in a table.
 
-    A drop-in replacement for `keras.layers.Embedding` (same argument names and
-    defaults where they overlap, same weight name `embeddings`) that never
-    gives a silent wrong answer: negative ids, ids `>= input_dim`, non-integer
-    float ids and string ids raise an error naming the layer, the id and the
-    valid range, eagerly, inside `tf.function` and in `model.fit`, on every
-    device. It also takes ragged and sparse ids, reduces bags of ids with a
-    `combiner`, and doubles as a tied output projection (`reverse=True`).
+    A subclass of `keras.layers.Embedding`, so a drop-in for it: the same
+    arguments, weight name, masks (`compute_mask`), LoRA (`lora_rank`,
+    `enable_lora`) and quantization (`quantize("int8" | "int4")`, the
+    `int8_from_float32`-style dtype policies) come from Keras, and Keras's own
+    Embedding tests pass on it. What it adds never gives a silent wrong
+    answer: negative ids, ids `>= input_dim`, non-integer float ids and string
+    ids raise an error naming the layer, the id and the valid range, eagerly,
+    inside `tf.function` and in `model.fit`, on every device, on quantized and
+    LoRA-adapted tables too. It also takes ragged and sparse ids, reduces bags
+    of ids with a `combiner`, and doubles as a tied output projection
+    (`reverse=True`). Lookups read only the rows they need (dequantizing and
+    adding the LoRA delta row by row), so the gradient stays row-sparse.
 
     Args:
         input_dim: Integer. Size of the vocabulary: ids lie in `[0, input_dim)`.
@@ -36,6 +41,11 @@ class Embedding(keras.layers.Layer):
             send no gradient to the table.
         weights: Optional initial table, a `(input_dim, output_dim)` array
             (or a list holding one), as in `keras.layers.Embedding`.
+        lora_rank: Optional integer. Enables LoRA with this rank, as in
+            `keras.layers.Embedding`: the table is frozen and a trainable
+            low-rank delta `lora_embeddings_a @ lora_embeddings_b` added.
+        lora_alpha: Optional number. Scales the LoRA delta by
+            `lora_alpha / lora_rank`.
 
     Call arguments:
         inputs: Integer ids (floats holding whole numbers are accepted): a
@@ -93,104 +103,53 @@ class Embedding(keras.layers.Layer):
         combiner=None,
         invalid_ids="raise",
         weights=None,
+        lora_rank=None,
+        lora_alpha=None,
         **kwargs,
     ):
         input_dim = _checks.check_positive_int("input_dim", input_dim)
         output_dim = _checks.check_positive_int("output_dim", output_dim)
         mask_zero = _checks.check_bool("mask_zero", mask_zero)
-        _checks.check_choice(
-            "combiner", combiner, (None,) + _lookup.SUPPORTED_COMBINERS
+        super().__init__(
+            input_dim,
+            output_dim,
+            combiner=combiner,
+            invalid_ids=invalid_ids,
+            embeddings_initializer=embeddings_initializer,
+            embeddings_regularizer=embeddings_regularizer,
+            embeddings_constraint=embeddings_constraint,
+            mask_zero=mask_zero,
+            weights=weights,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            **kwargs,
         )
-        _checks.check_choice("invalid_ids", invalid_ids, _checks.INVALID_IDS_MODES)
-        super().__init__(**kwargs)
-        self.input_dim = input_dim
-        self.output_dim = output_dim
-        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
-        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
-        self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
-        self.mask_zero = mask_zero
-        self.combiner = combiner
-        self.invalid_ids = invalid_ids
-        # Masks are set in `call` (as keras.layers.ReversibleEmbedding does), so
-        # that `reverse=True` passes the features' mask on instead of making one.
-        self.supports_masking = True
-        # Ids must never be cast to a float compute dtype (float16 holds ids
-        # exactly only up to 2048), so the layer casts its outputs itself.
-        self.autocast = False
-        # XLA cannot raise an error from inside a compiled step, so Keras's
-        # automatic jit_compile would turn invalid ids into NaN outputs instead.
-        self.supports_jit = invalid_ids != "raise"
-        if weights is not None:
-            self.build()
-            self.set_weights(weights if isinstance(weights, list) else [weights])
-
-    def build(self, input_shape=None):
-        shape = (self.input_dim, self.output_dim)
-        self.embeddings = self.add_weight(
-            shape=shape,
-            initializer=_layer_utils.table_initializer(
-                self.embeddings_initializer, shape
-            ),
-            regularizer=self.embeddings_regularizer,
-            constraint=self.embeddings_constraint,
-            name="embeddings",
-        )
-        self.built = True
 
     def call(self, inputs, weights=None, mask=None, reverse=False):
+        self._reverse_call = reverse
         if reverse:
             return _lookup.with_mask(self._reverse(inputs), mask)
-        if self.combiner is not None:
-            return self._combine(inputs, weights, mask)
-        table = _layer_utils.sparse_readable(self.embeddings)
-        out = _lookup.lookup(
-            table, inputs, weights, "gather", self._check_ids, self.name
-        )
-        return _lookup.with_mask(tf.cast(out, self.compute_dtype), self._mask(inputs))
-
-    def _check_ids(self, ids):
-        return _checks.validate_ids(
-            ids, self.input_dim, self.invalid_ids, self.name, "input_dim"
-        )
-
-    def _combine(self, inputs, weights, mask):
-        keep = _lookup.padding_keep(inputs, mask, self.mask_zero)
-        bags = _lookup.bags_from_ids(
-            inputs, weights, keep, self._check_ids, self.combiner, self.name
-        )
-        table = _layer_utils.sparse_readable(self.embeddings)
-        out = _lookup.reduce_bags(table, bags, self.combiner, "gather")
+        out = self._lookup_ids(inputs, weights, mask, "gather")
         return tf.cast(out, self.compute_dtype)
 
     def _reverse(self, inputs):
-        table = tf.cast(self.embeddings, self.compute_dtype)
-        inputs = tf.cast(inputs, self.compute_dtype)
-        return tf.matmul(inputs, table, transpose_b=True)
+        table = _base.table_reader(self).whole()
+        inputs = tf.cast(inputs, table.dtype)
+        logits = tf.matmul(inputs, table, transpose_b=True)
+        return tf.cast(logits, self.compute_dtype)
 
-    def _mask(self, inputs):
-        if not self.mask_zero or not isinstance(inputs, tf.Tensor):
-            return None
-        return tf.not_equal(inputs, 0)
+    def compute_output_shape(self, input_shape, reverse=False):
+        input_shape = tuple(input_shape)
+        if reverse:
+            return input_shape[:-1] + (self.input_dim,)
+        if self.combiner is not None:
+            return input_shape[:-1] + (self.output_dim,)
+        return input_shape + (self.output_dim,)
 
-    def compute_mask(self, inputs, mask=None):
-        return None
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            _layer_utils.config_of(
-                self,
-                [
-                    "input_dim",
-                    "output_dim",
-                    "embeddings_initializer",
-                    "embeddings_regularizer",
-                    "embeddings_constraint",
-                    "mask_zero",
-                    "combiner",
-                    "invalid_ids",
-                    "activity_regularizer",
-                ],
-            )
-        )
-        return config
+    def quantize(self, mode=None, type_check=True, config=None):
+        # Keras refuses to quantize subclasses of its Embedding, whose `call`
+        # may not read quantized weights; ours reads them on every path
+        # (`_base.table_reader`). Subclasses of ours are refused the same way.
+        if type_check and type(self) is not Embedding:
+            raise self._not_implemented_error(self.quantize)
+        super().quantize(mode, type_check=False, config=config)

@@ -8,8 +8,10 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _float32_policy():
-    """Every test starts, and leaves, with the default float32 policy."""
+def _float32_policy_and_seed():
+    """Every test starts seeded, and starts and leaves with the float32 policy,
+    so that no test depends on another's order or leftovers."""
+    keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("float32")
     yield
     keras.mixed_precision.set_global_policy("float32")

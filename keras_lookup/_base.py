@@ -1,0 +1,156 @@
+"""What `Embedding` and `DimensionReducer` add to `keras.layers.Embedding`.
+
+Both layers subclass Keras's Embedding, so the table, LoRA (`lora_rank`,
+`enable_lora`), quantization (`quantize("int8" | "int4")`, the `int8_from_*`
+dtype policies, quantized variables saved and loaded), masks and the config
+keys come from Keras. This base adds what Keras lacks: ids checked on every
+path before any lookup, bags and combiners, ragged and sparse ids,
+`invalid_ids`, and lookups that read only the rows they need, so that the
+table's gradient stays row-sparse and a quantized or LoRA-adapted table is
+never dequantized or merged as a whole to look up a few rows.
+"""
+
+import keras
+import tensorflow as tf
+from keras import quantizers
+
+from keras_lookup import _checks, _layer_utils, _lookup
+
+try:  # Keras's own grouped int4 dequantization, when it has one.
+    from keras.src.quantizers.quantizers import dequantize_with_sz_map
+except ImportError:  # pragma: no cover - Keras without sub-channel int4
+    dequantize_with_sz_map = None
+
+
+class LookupBase(keras.layers.Embedding):
+    """Id validation, bags and quantization-aware row reads; not public."""
+
+    # The constructor argument that sets the vocabulary size, for messages.
+    _vocab_arg = "input_dim"
+
+    def __init__(
+        self, input_dim, output_dim, combiner=None, invalid_ids="raise", **kwargs
+    ):
+        _checks.check_choice(
+            "combiner", combiner, (None,) + _lookup.SUPPORTED_COMBINERS
+        )
+        _checks.check_choice("invalid_ids", invalid_ids, _checks.INVALID_IDS_MODES)
+        weights = kwargs.pop("weights", None)
+        super().__init__(input_dim, output_dim, **kwargs)
+        self.combiner = combiner
+        self.invalid_ids = invalid_ids
+        # XLA cannot raise an error from inside a compiled step, so Keras's
+        # automatic jit_compile would turn invalid ids into NaN outputs instead.
+        self.supports_jit = invalid_ids != "raise"
+        self._reverse_call = False
+        # Bags consume a Keras mask (masked ids leave their bag), so they take
+        # one; otherwise, as in Keras, only `mask_zero=True` makes one.
+        if combiner is not None:
+            self.supports_masking = True
+        # Keras builds here too, but the subclass's attributes must exist first.
+        if weights is not None:
+            self.build()
+            self.set_weights(weights if isinstance(weights, list) else [weights])
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        with _layer_utils.large_table_initializer(self):
+            super().build(input_shape)
+
+    # Keras routes quantized layers to `_int8_call` / `_int4_call`; `call`
+    # reads quantized tables itself.
+    def _int8_call(self, *args, **kwargs):
+        return self.call(*args, **kwargs)
+
+    def _int4_call(self, *args, **kwargs):
+        return self.call(*args, **kwargs)
+
+    def compute_mask(self, inputs, mask=None):
+        if self._reverse_call:
+            return mask
+        if self.combiner is not None or not self._dense_ids(inputs):
+            return None
+        return super().compute_mask(inputs, mask)
+
+    def _dense_ids(self, inputs):
+        return not isinstance(inputs, (tf.RaggedTensor, tf.SparseTensor))
+
+    def _check_ids(self, ids):
+        return _checks.validate_ids(
+            ids, self.input_dim, self.invalid_ids, self.name, self._vocab_arg
+        )
+
+    def _lookup_ids(self, inputs, weights, mask, strategy):
+        """One vector per id, or per bag with a combiner, in float32."""
+        table = table_reader(self)
+        if self.combiner is None:
+            return _lookup.lookup(
+                table, inputs, weights, strategy, self._check_ids, self.name
+            )
+        keep = _lookup.padding_keep(inputs, mask, self.mask_zero)
+        bags = _lookup.bags_from_ids(
+            inputs, weights, keep, self._check_ids, self.combiner, self.name
+        )
+        return _lookup.reduce_bags(table, bags, self.combiner, strategy)
+
+    def _id_mask(self, inputs):
+        if not self.mask_zero or self.combiner is not None:
+            return None
+        if not self._dense_ids(inputs):
+            return None
+        return tf.not_equal(inputs, 0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"combiner": self.combiner, "invalid_ids": self.invalid_ids})
+        return config
+
+    def compute_output_spec(self, inputs, weights=None, mask=None, **kwargs):
+        shape = self.compute_output_shape(inputs.shape, **kwargs)
+        ragged = getattr(inputs, "ragged", False) and self.combiner is None
+        ragged = ragged and not kwargs.get("reverse")
+        return keras.KerasTensor(shape, dtype=self.compute_dtype, ragged=ragged)
+
+
+def table_reader(layer):
+    """A `_lookup.TableReader` over `layer`'s table in its current state."""
+    mode = layer.quantization_mode
+    lora = None
+    if layer.lora_enabled:
+        lora = (
+            _layer_utils.sparse_readable(layer.lora_embeddings_a),
+            layer.lora_embeddings_b,
+            layer.lora_alpha / layer.lora_rank,
+        )
+    if mode is None:
+        table = _layer_utils.sparse_readable(layer._embeddings)
+        return _lookup.TableReader(table, layer.input_dim, layer.output_dim, lora=lora)
+    if mode not in ("int8", "int4"):
+        raise NotImplementedError(
+            f"Layer '{layer.name}' reads tables quantized with 'int8' or 'int4'. "
+            f"Received: quantization_mode={mode!r}"
+        )
+    scale = layer.embeddings_scale
+    zero = getattr(layer, "embeddings_zero", None)
+
+    def dequantize(rows, ids):
+        # Keras's quantized Embedding, applied to the looked-up rows only, in
+        # float32 (Keras's autocast scope may hand the scales over in float16).
+        if mode == "int4":
+            rows = quantizers.unpack_int4(rows, layer.output_dim, axis=-1)
+        rows = tf.cast(rows, tf.float32)
+        row_scale = tf.cast(tf.gather(scale, ids), tf.float32)
+        if zero is not None:
+            return dequantize_with_sz_map(
+                rows,
+                row_scale,
+                tf.cast(tf.gather(zero, ids), tf.float32),
+                tf.cast(layer.g_idx, tf.float32),
+                group_axis=-1,
+            )
+        return rows / tf.expand_dims(row_scale, -1)
+
+    return _lookup.TableReader(
+        layer._embeddings, layer.input_dim, layer.output_dim, dequantize, lora
+    )
