@@ -1,7 +1,10 @@
 """The shared layer test, after keras's `run_layer_test`."""
 
 import os
+import subprocess
+import sys
 import tempfile
+import textwrap
 
 import keras
 import numpy as np
@@ -93,3 +96,18 @@ def run_layer_test(
             tf.cast(mixed_out, tf.float32), out, rtol=tol, atol=tol
         )
     return layer, out
+
+
+def run_python(code, cwd):
+    """Runs `code` in a new Python process in `cwd`; returns what it printed."""
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout

@@ -1,13 +1,11 @@
 """Models with all three layers save, load and export, across processes."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
+from helpers import run_python
 
 import keras_lookup
 
@@ -60,20 +58,6 @@ MODELS = {
 }
 
 
-def _run_python(code, tmp_path):
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 def test_keras_file_loads_in_a_new_process(name, tmp_path):
     build, inputs = MODELS[name]
@@ -81,7 +65,7 @@ def test_keras_file_loads_in_a_new_process(name, tmp_path):
     expected = model.predict(inputs(), verbose=0)
     model.save(tmp_path / "model.keras")
     np.savez(tmp_path / "data.npz", ids=IDS, bags=BAGS, expected=expected)
-    out = _run_python(
+    out = run_python(
         f"""
         import keras, numpy as np
         import keras_lookup
@@ -105,7 +89,7 @@ def test_export_serves_without_keras_lookup(name, tmp_path):
     expected = model.predict(inputs(), verbose=0)
     model.export(str(tmp_path / "exported"), verbose=False)
     np.savez(tmp_path / "data.npz", ids=IDS, bags=BAGS, expected=expected)
-    _run_python(
+    run_python(
         f"""
         import sys
         import numpy as np
