@@ -104,29 +104,9 @@ def test_two_workers_agree_and_match_one_worker(uninterrupted, tmp_path):
     assert max_abs_diff(two[0], one) <= 1e-5
 
 
-def test_killed_between_checkpoints_resumes_exactly(uninterrupted, tmp_path):
-    command = (
-        "--local-workers",
-        2,
-        *SETTINGS,
-        "--checkpoint-dir",
-        tmp_path / "ckpt",
-        "--out",
-        tmp_path / "out",
-    )
-    killed = run(*command, hook={"MULTI_WORKER_TEST_KILL_AFTER_STEP": "15"})
-    assert_killed(killed)
-    assert "killed after step 15" in killed.stdout
-    resumed = run(*command)
-    assert_ok(resumed)
-    assert "resumed from step 10" in resumed.stdout
-    for worker in (0, 1):
-        final = weights(tmp_path / "out", worker)
-        # Weights and optimizer slots (moments, iteration) alike.
-        assert max_abs_diff(final, weights(uninterrupted, worker)) <= 1e-6
-
-
-def test_killed_while_writing_a_checkpoint_recovers(uninterrupted, tmp_path):
+def test_killed_while_saving_and_between_checkpoints_resumes_exactly(
+    uninterrupted, tmp_path
+):
     folder = tmp_path / "ckpt"
     command = (
         "--local-workers",
@@ -137,22 +117,28 @@ def test_killed_while_writing_a_checkpoint_recovers(uninterrupted, tmp_path):
         "--out",
         tmp_path / "out",
     )
+    # 1. Killed in the middle of saving the checkpoint of step 20.
     killed = run(*command, hook={"MULTI_WORKER_TEST_KILL_IN_SAVE": "20"})
     assert_killed(killed)
     assert "killed while saving ckpt-20" in killed.stdout
     # The torn checkpoint is on disk, but the state file still names the
     # previous, complete one.
-    assert (folder / "ckpt-20.index").exists()
-    data = folder / "ckpt-20.data-00000-of-00001"
-    assert (
-        data.stat().st_size * 2
-        <= (folder / "ckpt-10.data-00000-of-00001").stat().st_size
-    )
+    full = (folder / "ckpt-10.data-00000-of-00001").stat().st_size
+    assert (folder / "ckpt-20.data-00000-of-00001").stat().st_size <= full // 2
     state = (folder / "checkpoint").read_text()
     assert 'model_checkpoint_path: "ckpt-10"' in state, state
+    # 2. Started again, it resumes from step 10, saves step 20, and is killed
+    # after step 25, between two checkpoints.
+    killed = run(*command, hook={"MULTI_WORKER_TEST_KILL_AFTER_STEP": "25"})
+    assert_killed(killed)
+    assert "resumed from step 10" in killed.stdout
+    assert "killed after step 25" in killed.stdout
+    # 3. Started again, it resumes from step 20 and ends where the
+    # uninterrupted run ends: weights and optimizer slots (moments,
+    # iteration) alike, on both workers.
     resumed = run(*command)
     assert_ok(resumed)
-    assert "resumed from step 10" in resumed.stdout
+    assert "resumed from step 20" in resumed.stdout
     for worker in (0, 1):
         final = weights(tmp_path / "out", worker)
         assert max_abs_diff(final, weights(uninterrupted, worker)) <= 1e-6
