@@ -509,7 +509,9 @@ def _hook_step(name):
 
 def _check_run_config(path, record, is_chief):
     """Refuses to resume from a checkpoint folder written with other settings."""
-    if os.path.exists(path):
+    # Before the first checkpoint there is nothing to resume: new settings win.
+    has_checkpoint = os.path.exists(os.path.join(os.path.dirname(path), "checkpoint"))
+    if has_checkpoint and os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
         changed = [k for k in RUN_KEYS if saved.get(k) != record[k]]
@@ -529,6 +531,23 @@ def _check_run_config(path, record, is_chief):
         os.replace(temp, path)
 
 
+def _remove_leftovers(tf, folder):
+    # A save killed while TensorFlow writes its shards leaves a folder
+    # `ckpt-N_temp` (and one killed while the state file is replaced, a
+    # `checkpoint.tmp...` file) that no checkpoint refers to and that
+    # `tf.train.CheckpointManager` never deletes: kill after kill, they pile up.
+    leftovers = tf.io.gfile.glob(os.path.join(folder, "ckpt-*_temp"))
+    leftovers += tf.io.gfile.glob(os.path.join(folder, "checkpoint.tmp*"))
+    for path in leftovers:
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)
+    if leftovers:
+        names = ", ".join(os.path.basename(p) for p in leftovers)
+        print(f"removed leftovers of interrupted saves: {names}", flush=True)
+
+
 def worker(args):
     began = time.perf_counter()
     task_index, num_workers = cluster_info()
@@ -546,6 +565,13 @@ def worker(args):
         )
     kill_after = _hook_step(KILL_AFTER_STEP) if is_chief else None
     kill_in_save = _hook_step(KILL_IN_SAVE) if is_chief else None
+
+    if args.checkpoint_dir:
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
+        record = {k: getattr(args, k) for k in RUN_KEYS}
+        _check_run_config(
+            os.path.join(args.checkpoint_dir, "run.json"), record, is_chief
+        )
 
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import tensorflow as tf
@@ -586,11 +612,6 @@ def worker(args):
     start = 0
     manager = None
     if args.checkpoint_dir:
-        os.makedirs(args.checkpoint_dir, exist_ok=True)
-        record = {k: getattr(args, k) for k in RUN_KEYS}
-        _check_run_config(
-            os.path.join(args.checkpoint_dir, "run.json"), record, is_chief
-        )
         checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, step=step_variable
         )
@@ -601,6 +622,8 @@ def worker(args):
         if not is_chief:
             write_dir = os.path.join(args.checkpoint_dir, f"workertemp_{task_index}")
         manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=2)
+        if is_chief:
+            _remove_leftovers(tf, args.checkpoint_dir)
         latest = tf.train.latest_checkpoint(args.checkpoint_dir)
         if latest is not None:
             checkpoint.restore(latest).assert_existing_objects_matched()

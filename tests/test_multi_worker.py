@@ -144,6 +144,14 @@ def test_killed_while_saving_and_between_checkpoints_resumes_exactly(
         assert max_abs_diff(final, weights(uninterrupted, worker)) <= 1e-6
 
 
+def test_refuses_to_resume_with_other_settings(uninterrupted):
+    # Fails before TensorFlow starts: a second or two.
+    checkpoints = uninterrupted.parent / "ckpt"
+    result = run(*SETTINGS, "--dim", 8, "--checkpoint-dir", checkpoints, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "dim: 16 there, 8 now" in result.stderr
+
+
 def test_a_failing_worker_is_reported(tmp_path):
     # 33 examples cannot be split over 2 workers: both exit with status 1
     # (before TensorFlow starts) and the launcher says which one failed.
