@@ -67,7 +67,12 @@ class LookupBase(keras.layers.Embedding):
         return self.call(*args, **kwargs)
 
     def compute_mask(self, inputs, mask=None):
+        # Keras asks right after `call`; after `call(..., reverse=True)` the
+        # inputs are features, not ids, and the features' mask (None) applies.
+        # The flag is spent on that one question, so a later
+        # `compute_mask(ids)` asked by another layer gets the ids' mask.
         if self._reverse_call:
+            self._reverse_call = False
             return mask
         if self.combiner is not None or not self._dense_ids(inputs):
             return None

@@ -126,7 +126,9 @@ class Embedding(_base.LookupBase):
         )
 
     def call(self, inputs, weights=None, mask=None, reverse=False):
-        self._reverse_call = reverse
+        # A features' mask is set here, so Keras does not ask `compute_mask`;
+        # without one, Keras asks it and must not get `features != 0`.
+        self._reverse_call = reverse and mask is None
         if reverse:
             return _lookup.with_mask(self._reverse(inputs), mask)
         out = self._lookup_ids(inputs, weights, mask, "gather")

@@ -263,3 +263,13 @@ def test_quantized_model_saves_loads_and_exports(mode, tmp_path):
         """,
         tmp_path,
     )
+
+
+def test_compute_mask_after_a_tied_projection_is_still_the_ids_mask():
+    layer = keras_lookup.Embedding(10, 4, mask_zero=True)
+    features = layer(PADDED)
+    logits = layer(features, reverse=True)
+    assert logits.shape == (3, 6, 10)
+    np.testing.assert_array_equal(logits._keras_mask, PADDED != 0)
+    layer(np.ones((2, 4), "float32"), reverse=True)  # features with no mask
+    np.testing.assert_array_equal(layer.compute_mask(PADDED), PADDED != 0)
