@@ -98,11 +98,12 @@ def run_layer_test(
     return layer, out
 
 
-def run_python(code, cwd):
-    """Runs `code` in a new Python process in `cwd`; returns what it printed."""
+def run_python(code, cwd, *args):
+    """Runs `code` (with `sys.argv[1:] == args`) in a new Python process in
+    `cwd`; returns what it printed."""
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", textwrap.dedent(code), *args],
         cwd=cwd,
         env=env,
         capture_output=True,

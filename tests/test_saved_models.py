@@ -7,10 +7,9 @@ under "outputs"), written by the example that trained it.
 
 import glob
 import os
-import subprocess
-import sys
 
 import pytest
+from helpers import run_python
 
 SAVED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "saved_models")
 SIDECARS = (".inputs.json", ".expected.npz")
@@ -38,17 +37,8 @@ print("reproduced", outputs.shape)
 
 def check_saved_model(stem, cwd):
     """Loads `stem.keras` in a fresh process and checks it against its sidecars."""
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-c", CHECK, os.path.abspath(stem)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "reproduced" in result.stdout
+    output = run_python(CHECK, cwd, os.path.abspath(stem))
+    assert "reproduced" in output
 
 
 def _stems():
