@@ -118,3 +118,17 @@ def test_sparse_multi_hot_trains_row_sparse_with_lazy_adam():
         np.testing.assert_array_equal(
             np.flatnonzero(np.any(slot.numpy() != 0, axis=1)), touched
         )
+
+
+def test_input_spec_and_activation_none_are_keras_s():
+    layer = keras_lookup.Dense(2)
+    layer(X[:, :3])
+    with pytest.raises(ValueError, match="incompatible with the layer"):
+        layer(X[:, :4])
+    layer.activation = None  # Keras's Dense reads it as linear
+    np.testing.assert_allclose(
+        layer(X[:, :3]),
+        X[:, :3] @ layer.kernel.numpy() + layer.bias.numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
