@@ -1,7 +1,7 @@
 import keras
 import tensorflow as tf
 
-from keras_lookup import _checks, _layer_utils, _lookup
+from keras_lookup import _checks, _layer_utils, _lookup, _tables
 
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
@@ -125,16 +125,15 @@ class Embedding(keras.layers.Layer):
             self.set_weights(weights if isinstance(weights, list) else [weights])
 
     def build(self, input_shape=None):
-        shape = (self.input_dim, self.output_dim)
-        self.embeddings = self.add_weight(
-            shape=shape,
-            initializer=_layer_utils.table_initializer(
-                self.embeddings_initializer, shape
-            ),
-            regularizer=self.embeddings_regularizer,
-            constraint=self.embeddings_constraint,
-            name="embeddings",
-        )
+        # Large tables are filled in slices, with the same values.
+        with _tables.in_place():
+            self.embeddings = self.add_weight(
+                shape=(self.input_dim, self.output_dim),
+                initializer=self.embeddings_initializer,
+                regularizer=self.embeddings_regularizer,
+                constraint=self.embeddings_constraint,
+                name="embeddings",
+            )
         self.built = True
 
     def call(self, inputs, weights=None, mask=None, reverse=False):

@@ -49,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_lookup import _checks
+from keras_lookup import _checks, _tables
 
 _BASE_ARGS_DOC = """weight_decay: Float or `None`. If set, decoupled weight decay
             (`variable -= variable * weight_decay * learning_rate`) is
@@ -166,8 +166,9 @@ class _LazyMixin:
         # they cannot reuse memory TensorFlow pooled when the table was
         # initialized, and the V=1M benchmark peaked at 2.67 GiB instead of
         # 2.13 GiB. Creating them eagerly, as a build before `fit` would, avoids
-        # that.
-        with tf.init_scope():
+        # that. In place: a full-width slot of a large table is filled where it
+        # lies, not materialized and then copied (2x the slot at its creation).
+        with tf.init_scope(), _tables.in_place():
             super().build(variables)
 
     def apply(self, grads, trainable_variables=None):
