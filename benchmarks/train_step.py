@@ -32,10 +32,10 @@ shows as about +0.5 GiB of peak RSS for Adam's two slots at V=1M.
 `--scale` runs the scale curve instead: V in {1k, 100k, 1M, 10M, 50M} x
 D=64, `keras_lookup.Embedding` with `LazyAdam`, `LazyRowwiseAdagrad` and
 `LazyRowwiseAdam`, and `keras.layers.Embedding` with Keras's `Adam`. Each
-configuration runs in its own process under an address-space limit
-(`--memory-limit-gib`, `RLIMIT_AS`), so that one that does not fit fails
-with TensorFlow's out-of-memory error instead of waking the machine's OOM
-killer; it is reported as "out of memory". Each record is appended to
+configuration runs in its own process, which the parent kills once its RSS
+exceeds `--memory-limit-gib` (polled every 10 ms), so that one that does not
+fit never wakes the machine's OOM killer; it is reported as "out of
+memory". Each record is appended to
 `benchmarks/results/scale.jsonl` (`--vocab-sizes` runs a subset; the
 latest record of each configuration wins), and `scale.md` / `scale.png`
 are written from all of them. Peak RSS is reported after building (model,
@@ -48,6 +48,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 BATCH, LENGTH, DIM = 32, 128, 128
@@ -263,11 +264,7 @@ def _status_gib(field):
 
 
 def scale_child(system, vocab, steps, warmup, limit_gib):
-    """One scale configuration under an address-space limit; one JSON line."""
-    import resource
-
-    limit = int(limit_gib * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    """One scale configuration; prints one JSON line (the parent limits RSS)."""
     record = {"system": system, "vocab": vocab, "limit_gib": limit_gib}
     stage = "import"
     try:
@@ -303,6 +300,7 @@ def scale_child(system, vocab, steps, warmup, limit_gib):
         record["build_s"] = time.perf_counter() - start
         record["build_peak_rss_gib"] = _status_gib("VmHWM")
         stage = "train"
+        print("BUILT " + json.dumps(record), flush=True)
         rng = np.random.default_rng(0)
         batches = [
             (
@@ -353,19 +351,54 @@ def run_scale_config(system, vocab, args):
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+        peak = _watch_rss(process, args.memory_limit_gib)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
     if lines:
         record = json.loads(lines[-1][len("RESULT ") :])
-    else:  # killed, or failed outside TensorFlow's allocator
-        record = {
-            "system": system,
-            "vocab": vocab,
-            "limit_gib": args.memory_limit_gib,
-            "failed": f"exit {result.returncode}: {result.stderr[-300:]}",
-        }
+    else:
+        record = {"system": system, "vocab": vocab, "limit_gib": args.memory_limit_gib}
+        built = [x for x in stdout.splitlines() if x.startswith("BUILT ")]
+        if built:
+            record.update(json.loads(built[-1][len("BUILT ") :]))
+        if peak > args.memory_limit_gib:
+            stage = "train" if built else "build"
+            record.update(oom=True, stage=stage, peak_rss_gib=peak)
+        else:
+            record["failed"] = f"exit {process.returncode}: {stderr[-300:]}"
     record["wall_s"] = time.perf_counter() - start
     return record
+
+
+def _watch_rss(process, limit_gib):
+    """Waits for `process`, killing it once its RSS exceeds `limit_gib`.
+
+    An address-space limit (`RLIMIT_AS`) does not work here: TensorFlow's
+    oneDNN allocator reserves regions in powers of two, so an 11.9 GiB table
+    reserves 16 GiB of address space and fails under a 16.5 GiB limit while
+    using 12. The RSS is polled every 10 ms instead; at the few GB/s a process
+    can touch memory, it overshoots the limit by well under 0.1 GiB.
+    Returns the highest RSS seen, in GiB.
+    """
+    peak = 0.0
+    status = f"/proc/{process.pid}/status"
+    while process.poll() is None:
+        try:
+            with open(status) as f:
+                rss = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            rss = 0
+        peak = max(peak, rss / 2**20)
+        if peak > limit_gib:
+            process.kill()
+            process.wait()
+            break
+        time.sleep(0.01)
+    return peak
 
 
 def _scale_records(path):
@@ -407,8 +440,8 @@ def scale_table(latest, vocab_sizes):
                 need = _state_gib(system, vocab)
                 where = record.get("stage", "run")
                 row += [
-                    f"out of memory at {where} (needs ≥ {need:.1f} GiB for "
-                    f"table + slots; limit {record['limit_gib']:g} GiB)",
+                    f"out of memory at {where} (table + slots alone: "
+                    f"{need:.1f} GiB; limit {record['limit_gib']:g} GiB)",
                     f"– / {record.get('peak_rss_gib', float('nan')):.2f}",
                 ]
             else:
@@ -503,8 +536,8 @@ def scale_render(args):
         f"Model: Embedding(V, {SCALE_DIM}) -> GlobalAveragePooling1D -> Dense(1), "
         f"`train_on_batch` on {BATCH}x{LENGTH} uniform random ids, "
         f"{args.warmup} warm-up steps, median of {args.steps} timed steps, "
-        "each configuration in its own process under an address-space limit "
-        "(`RLIMIT_AS`). Peak RSS: `VmHWM` after building the model and the "
+        "each configuration in its own process, killed by the parent once its "
+        "RSS exceeds the limit. Peak RSS: `VmHWM` after building the model and the "
         'optimizer\'s slots, and at the end. "table + slots" is the float32 '
         "state from LazyRowwiseAdagrad's (table + 1 number a row) to "
         "LazyAdam's (3 tables)."
@@ -553,8 +586,8 @@ def main():
     parser.add_argument(
         "--memory-limit-gib",
         type=float,
-        default=14.5,
-        help="scale: address-space limit of each configuration's process",
+        default=14.0,
+        help="scale: RSS limit of each configuration's process",
     )
     parser.add_argument(
         "--render", action="store_true", help="scale: rewrite scale.md/png only"

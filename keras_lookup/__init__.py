@@ -15,10 +15,18 @@ if keras.backend.backend() != "tensorflow":
     )
 
 from keras_lookup import optimizers  # noqa: E402
+from keras_lookup.checkpoint import read_checkpoint  # noqa: E402
 from keras_lookup.dense import Dense  # noqa: E402
 from keras_lookup.dimension_reducer import DimensionReducer  # noqa: E402
 from keras_lookup.embedding import Embedding  # noqa: E402
 from keras_lookup.saving import save_model  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Dense", "DimensionReducer", "Embedding", "optimizers", "save_model"]
+__all__ = [
+    "Dense",
+    "DimensionReducer",
+    "Embedding",
+    "optimizers",
+    "read_checkpoint",
+    "save_model",
+]

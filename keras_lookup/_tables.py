@@ -18,10 +18,13 @@ TensorFlow's stateless Philox kernels give output element `i` from counter
 `counter + i // 4` (uniform and normal) or `counter + 256 * (i // 4)`
 (truncated normal, which reserves 256 samples per group of four outputs).
 So the table holds exactly the values of `initializer(shape)` (tested bit
-for bit), and the peak is the table plus one slice. Other initializers run
-as one graph whose output the variable adopts without a copy: `Zeros`,
-`Ones` and `Constant` then peak at the table's size, `Orthogonal`,
-`Identity` and custom ones at the table plus their temporaries. Variables
+for bit), and the peak is the table plus one slice. `Zeros`, `Ones` and a
+scalar `Constant` (optimizer slots, for instance) are filled in slices of
+their own shape. Other initializers (`Orthogonal`, `Identity`, custom ones)
+run as one graph whose output the variable adopts without a copy, so they
+peak at the table plus their temporaries; a graph is not used for
+constants, because TensorFlow folds a constant fill into a constant, which
+cannot exceed the 2 GB protocol-buffer limit. Variables
 created under a `tf.distribute` strategy or inside a `tf.function` are left
 to Keras and TensorFlow.
 
@@ -61,6 +64,12 @@ _RANDOM = (
     keras.initializers.RandomNormal,
     keras.initializers.TruncatedNormal,
     keras.initializers.VarianceScaling,
+)
+# Initializers whose value does not depend on the shape (with a scalar value).
+_CONSTANT = (
+    keras.initializers.Zeros,
+    keras.initializers.Ones,
+    keras.initializers.Constant,
 )
 # Only one thread at a time may replace the backend's random functions.
 _PATCH_LOCK = threading.Lock()
@@ -116,9 +125,14 @@ def _keras_initializer(initial_value):
 
 def fill(variable, initializer, shape, dtype):
     """Writes `initializer(shape, dtype)` into the uninitialized `variable`."""
-    if dtype != tf.float32 or not shape or not isinstance(initializer, _RANDOM):
-        # Constants fill the buffer the variable adopts (no copy); other
-        # initializers run as one graph, with their temporaries.
+    constant = isinstance(initializer, _CONSTANT) and not np.ndim(
+        getattr(initializer, "value", 0)
+    )
+    if not shape or not (
+        constant or dtype == tf.float32 and isinstance(initializer, _RANDOM)
+    ):
+        # Other initializers run as one graph: the variable adopts its output
+        # without a copy, but their temporaries remain.
         return _assign_graph(variable, lambda: initializer(shape, dtype))
     # A value the variable adopts without a copy or a memset.
     _assign_graph(variable, lambda: tf.raw_ops.Empty(shape=shape, dtype=dtype))
@@ -128,8 +142,11 @@ def fill(variable, initializer, shape, dtype):
     seeds = {}
     for start in range(0, shape[0], rows):
         stop = min(start + rows, shape[0])
-        with _draw_rows(start, stop, shape, seeds):
-            values = initializer(shape, dtype)
+        if constant:  # the same value everywhere: a slice of the shape's own
+            values = initializer((stop - start,) + shape[1:], dtype)
+        else:
+            with _draw_rows(start, stop, shape, seeds):
+                values = initializer(shape, dtype)
         values = tf.convert_to_tensor(values, dtype)
         if tuple(values.shape) != (stop - start,) + shape[1:]:
             raise RuntimeError(

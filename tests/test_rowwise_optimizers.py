@@ -352,3 +352,38 @@ def test_trains_real_text_as_well_as_lazy_adam():
     assert accuracy["lazy_adam"] > majority + 0.10, (accuracy, majority)
     for name in ("rowwise_adagrad", "rowwise_adam"):
         assert accuracy[name] >= accuracy["lazy_adam"] - 0.02, accuracy
+
+
+def test_tf_train_checkpoint_resumes_training(tmp_path):
+    # The way to save tables too large for a `.keras` file (README, "Saving
+    # at scale"): `tf.train.Checkpoint` writes each variable from its own
+    # buffer, and restores it into the variables of a freshly built model.
+    rng = np.random.default_rng(6)
+    x, y = rng.integers(0, 30, size=(32, 6)), rng.normal(size=(32, 1)).astype("float32")
+
+    def compiled():
+        model = _model()
+        model.compile(optimizer=optimizers.LazyRowwiseAdam(0.05), loss="mse")
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    uninterrupted = compiled()
+    uninterrupted.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    interrupted = compiled()
+    interrupted.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    prefix = os.path.join(tmp_path, "ckpt")
+    tf.train.Checkpoint(model=interrupted, optimizer=interrupted.optimizer).write(
+        prefix
+    )
+    restored = compiled()
+    checkpoint = tf.train.Checkpoint(model=restored, optimizer=restored.optimizer)
+    checkpoint.read(prefix).assert_consumed()
+    for saved, loaded in zip(
+        interrupted.optimizer.variables, restored.optimizer.variables, strict=True
+    ):
+        np.testing.assert_array_equal(saved.numpy(), loaded.numpy())
+    restored.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for resumed, reference in zip(
+        restored.get_weights(), uninterrupted.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(resumed, reference, rtol=1e-6, atol=1e-7)
