@@ -12,9 +12,9 @@ its own process (so that `ru_maxrss` is that operation's peak):
   and `read` (into a freshly built model).
 
 Peak RSS is compared with the process's RSS just before the operation (the
-model state plus TensorFlow). Each child runs under an address-space limit
-(`--memory-limit-gib`), so an operation that does not fit fails with an
-out-of-memory error instead of waking the machine's OOM killer.
+model state plus TensorFlow). The parent kills a child whose RSS passes
+`--memory-limit-gib`, so an operation that does not fit never wakes the
+machine's OOM killer.
 
 Usage:
 
@@ -26,7 +26,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step import _watch_rss  # noqa: E402
 
 DIM, BATCH, LENGTH = 64, 32, 128
 OPERATIONS = (
@@ -68,10 +72,6 @@ def _model(vocab):
 
 
 def child(operation, vocab, folder, limit_gib):
-    import resource
-
-    limit = int(limit_gib * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import keras
     import numpy as np
     import tensorflow as tf
@@ -112,6 +112,7 @@ def child(operation, vocab, folder, limit_gib):
             )
             status.assert_consumed()
         record["seconds"] = time.perf_counter() - start
+        record["op_peak_gib"] = _gib("VmHWM")
         table = model.layers[0].embeddings
         record["check"] = float(np.sum(table.value[:1000].numpy()))
     except Exception as error:
@@ -128,7 +129,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vocab", type=int, default=10**7)
     parser.add_argument("--folder", required=True, help="where the files go")
-    parser.add_argument("--memory-limit-gib", type=float, default=15.0)
+    parser.add_argument("--memory-limit-gib", type=float, default=14.0)
     parser.add_argument("--operations", nargs="+", choices=OPERATIONS)
     parser.add_argument("--child", choices=OPERATIONS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -150,11 +151,25 @@ def main():
             "--memory-limit-gib",
             str(args.memory_limit_gib),
         ]
-        result = subprocess.run(command, capture_output=True, text=True, env=env)
-        lines = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+            peak = _watch_rss(process, args.memory_limit_gib)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
         if not lines:
-            print(f"{operation}: failed, exit {result.returncode}")
-            print(result.stderr[-2000:])
+            print(
+                json.dumps(
+                    {
+                        "operation": operation,
+                        "vocab": args.vocab,
+                        "killed_at_gib": peak,
+                        "exit": process.returncode,
+                        "stderr": stderr[-300:],
+                    }
+                )
+            )
             continue
         record = json.loads(lines[-1][len("RESULT ") :])
         print(json.dumps(record), flush=True)

@@ -263,7 +263,49 @@ def _status_gib(field):
     return float("nan")
 
 
-def scale_child(system, vocab, steps, warmup, limit_gib):
+def _scale_model(system, vocab):
+    import keras
+
+    import keras_lookup
+    from keras_lookup import optimizers
+
+    if system == "keras_adam":
+        embedding = keras.layers.Embedding(vocab, SCALE_DIM)
+        optimizer = keras.optimizers.Adam()
+    else:
+        embedding = keras_lookup.Embedding(vocab, SCALE_DIM)
+        optimizer = {
+            "lazy_adam": optimizers.LazyAdam,
+            "rowwise_adagrad": optimizers.LazyRowwiseAdagrad,
+            "rowwise_adam": optimizers.LazyRowwiseAdam,
+        }[system]()
+    model = keras.Sequential(
+        [
+            keras.Input((LENGTH,), dtype="int32"),
+            embedding,
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+def _scale_batches(vocab):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [
+        (
+            rng.integers(0, vocab, size=(BATCH, LENGTH), dtype=np.int32),
+            rng.normal(size=(BATCH, 1)).astype("float32"),
+        )
+        for _ in range(8)
+    ]
+
+
+def scale_child(system, vocab, steps, warmup, limit_gib, reference_vocab=None):
     """One scale configuration; prints one JSON line (the parent limits RSS)."""
     record = {"system": system, "vocab": vocab, "limit_gib": limit_gib}
     stage = "import"
@@ -271,58 +313,45 @@ def scale_child(system, vocab, steps, warmup, limit_gib):
         import keras
         import numpy as np
 
-        import keras_lookup
-        from keras_lookup import optimizers
-
         stage = "build"
         keras.utils.set_random_seed(0)
         start = time.perf_counter()
-        if system == "keras_adam":
-            embedding = keras.layers.Embedding(vocab, SCALE_DIM)
-            optimizer = keras.optimizers.Adam()
-        else:
-            embedding = keras_lookup.Embedding(vocab, SCALE_DIM)
-            optimizer = {
-                "lazy_adam": optimizers.LazyAdam,
-                "rowwise_adagrad": optimizers.LazyRowwiseAdagrad,
-                "rowwise_adam": optimizers.LazyRowwiseAdam,
-            }[system]()
-        model = keras.Sequential(
-            [
-                keras.Input((LENGTH,), dtype="int32"),
-                embedding,
-                keras.layers.GlobalAveragePooling1D(),
-                keras.layers.Dense(1),
-            ]
-        )
-        model.compile(optimizer=optimizer, loss="mse")
-        optimizer.build(model.trainable_variables)
+        model = _scale_model(system, vocab)
         record["build_s"] = time.perf_counter() - start
         record["build_peak_rss_gib"] = _status_gib("VmHWM")
         stage = "train"
         print("BUILT " + json.dumps(record), flush=True)
-        rng = np.random.default_rng(0)
-        batches = [
-            (
-                rng.integers(0, vocab, size=(BATCH, LENGTH), dtype=np.int32),
-                rng.normal(size=(BATCH, 1)).astype("float32"),
+        runs = [(model, _scale_batches(vocab), [])]
+        if reference_vocab:
+            # The same system at a small V in the same process, its steps
+            # alternating with the large model's: the ratio of the two is
+            # then measured under the same load.
+            runs.append(
+                (
+                    _scale_model(system, reference_vocab),
+                    _scale_batches(reference_vocab),
+                    [],
+                )
             )
-            for _ in range(8)
-        ]
         for i in range(warmup):
-            model.train_on_batch(*batches[i % len(batches)])
-        times = []
+            for run_model, batches, _ in runs:
+                run_model.train_on_batch(*batches[i % len(batches)])
         for i in range(steps):
-            x, y = batches[i % len(batches)]
-            begin = time.perf_counter()
-            model.train_on_batch(x, y)
-            times.append(time.perf_counter() - begin)
+            for run_model, batches, times in runs:
+                x, y = batches[i % len(batches)]
+                begin = time.perf_counter()
+                run_model.train_on_batch(x, y)
+                times.append(time.perf_counter() - begin)
+        times = runs[0][2]
         record.update(
             median_ms=1e3 * float(np.median(times)),
             p10_ms=1e3 * float(np.percentile(times, 10)),
             p90_ms=1e3 * float(np.percentile(times, 90)),
             steps=steps,
         )
+        if reference_vocab:
+            record["reference_vocab"] = reference_vocab
+            record["reference_median_ms"] = 1e3 * float(np.median(runs[1][2]))
     except Exception as error:  # TensorFlow's ResourceExhaustedError, MemoryError
         text = f"{type(error).__name__}: {error}"
         if not ("OOM" in text or "MemoryError" in text or "ResourceExhausted" in text):
@@ -348,6 +377,11 @@ def run_scale_config(system, vocab, args):
         str(args.warmup),
         "--memory-limit-gib",
         str(args.memory_limit_gib),
+        *(
+            ["--reference-vocab", str(args.reference_vocab)]
+            if args.reference_vocab
+            else []
+        ),
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
     start = time.perf_counter()
@@ -445,8 +479,14 @@ def scale_table(latest, vocab_sizes):
                     f"– / {record.get('peak_rss_gib', float('nan')):.2f}",
                 ]
             else:
+                step = f"{record['median_ms']:.1f}"
+                if record.get("reference_median_ms"):
+                    step += (
+                        f" ({record['median_ms'] / record['reference_median_ms']:.2f}×"
+                        f" V={_fmt_v(record['reference_vocab'])}, same process)"
+                    )
                 row += [
-                    f"{record['median_ms']:.1f}",
+                    step,
                     f"{record['build_peak_rss_gib']:.2f} / "
                     f"{record['peak_rss_gib']:.2f}",
                 ]
@@ -528,9 +568,10 @@ def scale_render(args):
     text = scale_table(latest, vocab_sizes)
     about = (
         "Command: `nice -n 10 python benchmarks/train_step.py --scale "
-        f"--memory-limit-gib {args.memory_limit_gib:g}` (the 10M and 50M rows "
-        "were run one configuration at a time with `--vocab-sizes` and "
-        "`--systems`).  \n"
+        f"--memory-limit-gib {args.memory_limit_gib:g}`, run in parts with "
+        "`--vocab-sizes` and `--systems`; the lazy optimizers with "
+        "`--reference-vocab 1000`, which also times a V=1k model in the same "
+        "process, its steps alternating with the large one's.  \n"
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other "
         f"jobs, TensorFlow {tf.__version__}, Keras {keras.__version__}.  \n"
         f"Model: Embedding(V, {SCALE_DIM}) -> GlobalAveragePooling1D -> Dense(1), "
@@ -590,6 +631,12 @@ def main():
         help="scale: RSS limit of each configuration's process",
     )
     parser.add_argument(
+        "--reference-vocab",
+        type=int,
+        default=None,
+        help="scale: also time this V in the same process, steps alternating",
+    )
+    parser.add_argument(
         "--render", action="store_true", help="scale: rewrite scale.md/png only"
     )
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
@@ -602,6 +649,7 @@ def main():
             args.steps or 50,
             args.warmup,
             args.memory_limit_gib,
+            args.reference_vocab,
         )
         return
     if args.render:

@@ -15,7 +15,6 @@ if keras.backend.backend() != "tensorflow":
     )
 
 from keras_lookup import optimizers  # noqa: E402
-from keras_lookup.checkpoint import read_checkpoint  # noqa: E402
 from keras_lookup.dense import Dense  # noqa: E402
 from keras_lookup.dimension_reducer import DimensionReducer  # noqa: E402
 from keras_lookup.embedding import Embedding  # noqa: E402
@@ -27,6 +26,5 @@ __all__ = [
     "DimensionReducer",
     "Embedding",
     "optimizers",
-    "read_checkpoint",
     "save_model",
 ]
