@@ -9,7 +9,8 @@ its own process (so that `ru_maxrss` is that operation's peak):
 - `model.save_weights("m.weights.h5")` and `model.load_weights(...)` into a
   freshly built model;
 - `tf.train.Checkpoint(model=model, optimizer=model.optimizer)`'s `write`
-  and `read` (into a freshly built model).
+  and `read` (into a freshly built model);
+- `keras_lookup.save_state(model, folder)` and `keras_lookup.load_state`.
 
 Peak RSS is compared with the process's RSS just before the operation (the
 model state plus TensorFlow). The parent kills a child whose RSS passes
@@ -40,6 +41,8 @@ OPERATIONS = (
     "load_weights",
     "save_checkpoint",
     "load_checkpoint",
+    "save_state",
+    "load_state",
 )
 
 
@@ -82,6 +85,7 @@ def child(operation, vocab, folder, limit_gib):
         "keras": os.path.join(folder, "m.keras"),
         "weights": os.path.join(folder, "m.weights.h5"),
         "checkpoint": os.path.join(folder, "ckpt"),
+        "state": os.path.join(folder, "state"),
     }
     record = {"operation": operation, "vocab": vocab, "limit_gib": limit_gib}
     if operation != "load_keras":
@@ -106,6 +110,10 @@ def child(operation, vocab, folder, limit_gib):
             tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(
                 paths["checkpoint"]
             )
+        elif operation == "save_state":
+            keras_lookup.save_state(model, paths["state"])
+        elif operation == "load_state":
+            keras_lookup.load_state(model, paths["state"])
         else:
             status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(
                 paths["checkpoint"]

@@ -161,6 +161,10 @@ def fill(variable, initializer, shape, dtype):
             value=values,
         )
         del values
+    # Slice writes can leave the variable in copy-on-read mode, where each
+    # dense read (`keras.layers.Embedding` makes one every step) copies it.
+    if hasattr(tf.raw_ops, "DisableCopyOnRead"):
+        tf.raw_ops.DisableCopyOnRead(resource=variable.handle)
 
 
 def _assign_graph(variable, value_fn):
