@@ -21,12 +21,25 @@ Usage:
     python benchmarks/train_step.py --quick        # V = 1k, 100k; few steps
     python benchmarks/train_step.py --vocab-sizes 1000 10000 --steps 30
     python benchmarks/train_step.py --build-optimizer-first   # see below
+    python benchmarks/train_step.py --scale        # the scale curve, see below
 
 `--build-optimizer-first` calls `optimizer.build` right after `compile`. The
 table's initializer frees about two tables' worth of temporaries that
 TensorFlow's allocator keeps; slots created at once reuse them, while slots
 created inside the first `train_on_batch` may not fit there any more, which
 shows as about +0.5 GiB of peak RSS for Adam's two slots at V=1M.
+
+`--scale` runs the scale curve instead: V in {1k, 100k, 1M, 10M, 50M} x
+D=64, `keras_lookup.Embedding` with `LazyAdam`, `LazyRowwiseAdagrad` and
+`LazyRowwiseAdam`, and `keras.layers.Embedding` with Keras's `Adam`. Each
+configuration runs in its own process, which the parent kills once its RSS
+exceeds `--memory-limit-gib` (polled every 10 ms), so that one that does not
+fit never wakes the machine's OOM killer; it is reported as "out of
+memory". Each record is appended to
+`benchmarks/results/scale.jsonl` (`--vocab-sizes` runs a subset; the
+latest record of each configuration wins), and `scale.md` / `scale.png`
+are written from all of them. Peak RSS is reported after building (model,
+compile, optimizer slots) and over the whole run.
 """
 
 import argparse
@@ -35,6 +48,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 BATCH, LENGTH, DIM = 32, 128, 128
@@ -227,6 +241,358 @@ def plot(records, vocab_sizes, path):
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------------
+# The scale curve (`--scale`).
+
+SCALE_DIM = 64
+SCALE_VOCAB_SIZES = (1000, 100_000, 10**6, 10**7, 5 * 10**7)
+SCALE_SYSTEMS = ("lazy_adam", "rowwise_adagrad", "rowwise_adam", "keras_adam")
+SCALE_LABELS = {
+    "lazy_adam": "keras_lookup.Embedding + LazyAdam",
+    "rowwise_adagrad": "keras_lookup.Embedding + LazyRowwiseAdagrad",
+    "rowwise_adam": "keras_lookup.Embedding + LazyRowwiseAdam",
+    "keras_adam": "keras.layers.Embedding + keras Adam",
+}
+
+
+def _status_gib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def _scale_model(system, vocab):
+    import keras
+
+    import keras_lookup
+    from keras_lookup import optimizers
+
+    if system == "keras_adam":
+        embedding = keras.layers.Embedding(vocab, SCALE_DIM)
+        optimizer = keras.optimizers.Adam()
+    else:
+        embedding = keras_lookup.Embedding(vocab, SCALE_DIM)
+        optimizer = {
+            "lazy_adam": optimizers.LazyAdam,
+            "rowwise_adagrad": optimizers.LazyRowwiseAdagrad,
+            "rowwise_adam": optimizers.LazyRowwiseAdam,
+        }[system]()
+    model = keras.Sequential(
+        [
+            keras.Input((LENGTH,), dtype="int32"),
+            embedding,
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer=optimizer, loss="mse")
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+def _scale_batches(vocab):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [
+        (
+            rng.integers(0, vocab, size=(BATCH, LENGTH), dtype=np.int32),
+            rng.normal(size=(BATCH, 1)).astype("float32"),
+        )
+        for _ in range(8)
+    ]
+
+
+def scale_child(system, vocab, steps, warmup, limit_gib, reference_vocab=None):
+    """One scale configuration; prints one JSON line (the parent limits RSS)."""
+    record = {"system": system, "vocab": vocab, "limit_gib": limit_gib}
+    stage = "import"
+    try:
+        import keras
+        import numpy as np
+
+        stage = "build"
+        keras.utils.set_random_seed(0)
+        start = time.perf_counter()
+        model = _scale_model(system, vocab)
+        record["build_s"] = time.perf_counter() - start
+        record["build_peak_rss_gib"] = _status_gib("VmHWM")
+        stage = "train"
+        print("BUILT " + json.dumps(record), flush=True)
+        runs = [(model, _scale_batches(vocab), [])]
+        if reference_vocab:
+            # The same system at a small V in the same process, its steps
+            # alternating with the large model's: the ratio of the two is
+            # then measured under the same load.
+            runs.append(
+                (
+                    _scale_model(system, reference_vocab),
+                    _scale_batches(reference_vocab),
+                    [],
+                )
+            )
+        for i in range(warmup):
+            for run_model, batches, _ in runs:
+                run_model.train_on_batch(*batches[i % len(batches)])
+        for i in range(steps):
+            for run_model, batches, times in runs:
+                x, y = batches[i % len(batches)]
+                begin = time.perf_counter()
+                run_model.train_on_batch(x, y)
+                times.append(time.perf_counter() - begin)
+        times = runs[0][2]
+        record.update(
+            median_ms=1e3 * float(np.median(times)),
+            p10_ms=1e3 * float(np.percentile(times, 10)),
+            p90_ms=1e3 * float(np.percentile(times, 90)),
+            steps=steps,
+        )
+        if reference_vocab:
+            record["reference_vocab"] = reference_vocab
+            record["reference_median_ms"] = 1e3 * float(np.median(runs[1][2]))
+    except Exception as error:  # TensorFlow's ResourceExhaustedError, MemoryError
+        text = f"{type(error).__name__}: {error}"
+        if not ("OOM" in text or "MemoryError" in text or "ResourceExhausted" in text):
+            raise
+        record.update(oom=True, stage=stage, error=text[:300])
+    record["peak_rss_gib"] = _status_gib("VmHWM")
+    record["peak_vm_gib"] = _status_gib("VmPeak")
+    record["load_avg"] = os.getloadavg()[0]
+    print("RESULT " + json.dumps(record), flush=True)
+
+
+def run_scale_config(system, vocab, args):
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--scale-child",
+        system,
+        "--vocab-sizes",
+        str(vocab),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--memory-limit-gib",
+        str(args.memory_limit_gib),
+        *(
+            ["--reference-vocab", str(args.reference_vocab)]
+            if args.reference_vocab
+            else []
+        ),
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+        peak = _watch_rss(process, args.memory_limit_gib)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+    if lines:
+        record = json.loads(lines[-1][len("RESULT ") :])
+    else:
+        record = {"system": system, "vocab": vocab, "limit_gib": args.memory_limit_gib}
+        built = [x for x in stdout.splitlines() if x.startswith("BUILT ")]
+        if built:
+            record.update(json.loads(built[-1][len("BUILT ") :]))
+        if peak > args.memory_limit_gib:
+            stage = "train" if built else "build"
+            record.update(oom=True, stage=stage, peak_rss_gib=peak)
+        else:
+            record["failed"] = f"exit {process.returncode}: {stderr[-300:]}"
+    record["wall_s"] = time.perf_counter() - start
+    return record
+
+
+def _watch_rss(process, limit_gib):
+    """Waits for `process`, killing it once its RSS exceeds `limit_gib`.
+
+    An address-space limit (`RLIMIT_AS`) does not work here: TensorFlow's
+    oneDNN allocator reserves regions in powers of two, so an 11.9 GiB table
+    reserves 16 GiB of address space and fails under a 16.5 GiB limit while
+    using 12. The RSS is polled every 10 ms instead; at the few GB/s a process
+    can touch memory, it overshoots the limit by well under 0.1 GiB.
+    Returns the highest RSS seen, in GiB.
+    """
+    peak = 0.0
+    status = f"/proc/{process.pid}/status"
+    while process.poll() is None:
+        try:
+            with open(status) as f:
+                rss = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            rss = 0
+        peak = max(peak, rss / 2**20)
+        if peak > limit_gib:
+            process.kill()
+            process.wait()
+            break
+        time.sleep(0.01)
+    return peak
+
+
+def _scale_records(path):
+    latest = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    record = json.loads(line)
+                    latest[(record["system"], record["vocab"])] = record
+    return latest
+
+
+def _state_gib(system, vocab):
+    """Table plus optimizer slots, float32, in GiB (what must fit)."""
+    table = vocab * SCALE_DIM * 4 / 2**30
+    per_row = {"lazy_adam": 2 * table, "rowwise_adagrad": vocab * 4 / 2**30}
+    per_row["rowwise_adam"] = table + vocab * 4 / 2**30
+    per_row["keras_adam"] = 2 * table
+    return table + per_row[system]
+
+
+def scale_table(latest, vocab_sizes):
+    header = ["V × 64", "table + slots (GiB)"]
+    for system in SCALE_SYSTEMS:
+        header += [f"{system}: step (ms)", f"{system}: peak RSS build / run (GiB)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for vocab in vocab_sizes:
+        row = [
+            f"{vocab:,}",
+            f"{_state_gib('rowwise_adagrad', vocab):.2f} – "
+            f"{_state_gib('lazy_adam', vocab):.2f}",
+        ]
+        for system in SCALE_SYSTEMS:
+            record = latest.get((system, vocab))
+            if record is None:
+                row += ["not run", ""]
+            elif record.get("oom") or record.get("failed"):
+                need = _state_gib(system, vocab)
+                where = record.get("stage", "run")
+                row += [
+                    f"out of memory at {where} (table + slots alone: "
+                    f"{need:.1f} GiB; limit {record['limit_gib']:g} GiB)",
+                    f"– / {record.get('peak_rss_gib', float('nan')):.2f}",
+                ]
+            else:
+                step = f"{record['median_ms']:.1f}"
+                if record.get("reference_median_ms"):
+                    step += (
+                        f" ({record['median_ms'] / record['reference_median_ms']:.2f}×"
+                        f" V={_fmt_v(record['reference_vocab'])}, same process)"
+                    )
+                row += [
+                    step,
+                    f"{record['build_peak_rss_gib']:.2f} / "
+                    f"{record['peak_rss_gib']:.2f}",
+                ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def scale_plot(latest, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for system, marker in zip(SCALE_SYSTEMS, "os^D", strict=True):
+        rows = sorted(
+            (r for (s, _), r in latest.items() if s == system and "median_ms" in r),
+            key=lambda r: r["vocab"],
+        )
+        if not rows:
+            continue
+        vocab = [r["vocab"] for r in rows]
+        left.plot(
+            vocab,
+            [r["median_ms"] for r in rows],
+            marker=marker,
+            label=SCALE_LABELS[system],
+        )
+        right.plot(
+            vocab,
+            [r["peak_rss_gib"] for r in rows],
+            marker=marker,
+            label=SCALE_LABELS[system],
+        )
+    for ax, label in (
+        (left, "train_on_batch step (ms, median)"),
+        (right, "peak RSS, build + training (GiB)"),
+    ):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"vocabulary size V (D = {SCALE_DIM})")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    fig.suptitle(f"Scale: batch {BATCH}x{LENGTH} ids; missing points ran out of memory")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def scale_main(args):
+    vocab_sizes = sorted(args.vocab_sizes or SCALE_VOCAB_SIZES)
+    systems = args.systems or SCALE_SYSTEMS
+    jsonl = os.path.join(args.out, "scale.jsonl")
+    os.makedirs(args.out, exist_ok=True)
+    for vocab in vocab_sizes:
+        for system in systems:
+            print(f"{system:>16} V={vocab:>11,} ...", end=" ", flush=True)
+            record = run_scale_config(system, vocab, args)
+            with open(jsonl, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if "median_ms" in record:
+                print(
+                    f"{record['median_ms']:8.2f} ms/step  peak RSS "
+                    f"{record['peak_rss_gib']:5.2f} GiB ({record['wall_s']:.0f} s)",
+                    flush=True,
+                )
+            else:
+                print(f"out of memory / failed ({record['wall_s']:.0f} s)", flush=True)
+    scale_render(args)
+
+
+def scale_render(args):
+    import keras
+    import tensorflow as tf
+
+    latest = _scale_records(os.path.join(args.out, "scale.jsonl"))
+    vocab_sizes = sorted({v for _, v in latest})
+    text = scale_table(latest, vocab_sizes)
+    about = (
+        "Command: `nice -n 10 python benchmarks/train_step.py --scale "
+        f"--memory-limit-gib {args.memory_limit_gib:g}`, run in parts with "
+        "`--vocab-sizes` and `--systems`; the lazy optimizers with "
+        "`--reference-vocab 1000`, which also times a V=1k model in the same "
+        "process, its steps alternating with the large one's.  \n"
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other "
+        f"jobs, TensorFlow {tf.__version__}, Keras {keras.__version__}.  \n"
+        f"Model: Embedding(V, {SCALE_DIM}) -> GlobalAveragePooling1D -> Dense(1), "
+        f"`train_on_batch` on {BATCH}x{LENGTH} uniform random ids, "
+        f"{args.warmup} warm-up steps, median of {args.steps} timed steps, "
+        "each configuration in its own process, killed by the parent once its "
+        "RSS exceeds the limit. Peak RSS: `VmHWM` after building the model and the "
+        'optimizer\'s slots, and at the end. "table + slots" is the float32 '
+        "state from LazyRowwiseAdagrad's (table + 1 number a row) to "
+        "LazyAdam's (3 tables)."
+    )
+    with open(os.path.join(args.out, "scale.md"), "w") as f:
+        f.write(
+            f"# Scale: step time and memory up to 50M rows\n\n{about}\n\n{text}\n\n"
+        )
+        f.write("Raw records (build time, load average, errors): `scale.jsonl`.\n")
+    scale_plot(latest, os.path.join(args.out, "scale.png"))
+    print(text)
+    print(f"\nwrote {args.out}/scale.md and scale.png")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None, help="timed steps")
@@ -252,8 +618,47 @@ def main():
         action="store_true",
         help="build the optimizer right after compile (lower peak RSS)",
     )
+    parser.add_argument(
+        "--scale", action="store_true", help="run the scale curve (see above)"
+    )
+    parser.add_argument(
+        "--systems", nargs="+", choices=SCALE_SYSTEMS, help="scale: systems to run"
+    )
+    parser.add_argument(
+        "--memory-limit-gib",
+        type=float,
+        default=14.0,
+        help="scale: RSS limit of each configuration's process",
+    )
+    parser.add_argument(
+        "--reference-vocab",
+        type=int,
+        default=None,
+        help="scale: also time this V in the same process, steps alternating",
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="scale: rewrite scale.md/png only"
+    )
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--scale-child", choices=SCALE_SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.scale_child:
+        scale_child(
+            args.scale_child,
+            args.vocab_sizes[0],
+            args.steps or 50,
+            args.warmup,
+            args.memory_limit_gib,
+            args.reference_vocab,
+        )
+        return
+    if args.render:
+        scale_render(args)
+        return
+    if args.scale:
+        args.steps = args.steps or 50
+        scale_main(args)
+        return
     if args.steps is None:
         args.steps = 10 if args.quick else 50
     if args.vocab_sizes is None:

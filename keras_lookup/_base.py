@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from keras import quantizers
 
-from keras_lookup import _checks, _layer_utils, _lookup
+from keras_lookup import _checks, _layer_utils, _lookup, _tables
 
 try:  # Keras's own grouped int4 dequantization, when it has one.
     from keras.src.quantizers.quantizers import dequantize_with_sz_map
@@ -55,7 +55,8 @@ class LookupBase(keras.layers.Embedding):
     def build(self, input_shape=None):
         if self.built:
             return
-        with _layer_utils.large_table_initializer(self):
+        # Large tables are filled in slices, with the same values (_tables).
+        with _tables.in_place():
             super().build(input_shape)
 
     # Keras routes quantized layers to `_int8_call` / `_int4_call`; `call`

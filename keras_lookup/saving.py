@@ -1,5 +1,6 @@
-"""Saving that never leaves a broken file behind."""
+"""Saving that never leaves a broken file behind, and saving tables in slices."""
 
+import math
 import os
 import tempfile
 
@@ -57,3 +58,181 @@ def _mode_for(filepath):
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+# Rows per slice when a variable is written or read: 64 MiB of float32 rows
+# of 64 entries (at least one row).
+SLICE_SIZE = 2**24
+_MANIFEST = "manifest.json"
+
+
+def save_state(model, folder):
+    """Saves a model's variables and its optimizer's, 64 MiB at a time.
+
+    Use it for models whose tables fill the memory: `model.save` and
+    `model.save_weights` hold two more copies of a table while they write it
+    (the HDF5 file is built in memory, from NumPy copies), and
+    `tf.train.Checkpoint.read` two more while it restores. This writes each
+    variable as a `.npy` file, row slice by row slice, and `load_state` reads
+    it back the same way into the variables of a model built like this one,
+    so neither needs more than the model and one slice. Architecture and
+    configuration are not saved: keep `.keras` files for those, and for
+    ordinary sizes.
+
+    Args:
+        model: A built `keras.Model`. If it has a built optimizer, the
+            optimizer's variables (iterations, slots) are saved too.
+        folder: String or `os.PathLike`. Created if needed; files already
+            there are overwritten.
+
+    Example:
+
+    >>> import tempfile, keras, numpy as np, keras_lookup
+    >>> def build():
+    ...     model = keras.Sequential(
+    ...         [keras.Input((3,), dtype="int32"), keras_lookup.Embedding(10, 4)]
+    ...     )
+    ...     model.compile(keras_lookup.optimizers.LazyRowwiseAdagrad(), "mse")
+    ...     return model
+    >>> model = build()
+    >>> model.optimizer.build(model.trainable_variables)
+    >>> folder = tempfile.mkdtemp()
+    >>> keras_lookup.save_state(model, folder)
+    >>> restored = build()
+    >>> keras_lookup.load_state(restored, folder)
+    >>> bool(np.array_equal(restored.get_weights()[0], model.get_weights()[0]))
+    True
+    """
+    import json
+
+    import numpy as np
+
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    entries = []
+    for index, variable in enumerate(_state_variables(model)):
+        value = _backend_variable(variable)
+        shape = tuple(int(n) for n in value.shape)
+        dtype = np.dtype(value.dtype.as_numpy_dtype)
+        name = f"{index:05d}.npy"
+        with open(os.path.join(folder, name), "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f,
+                {
+                    "descr": np.lib.format.dtype_to_descr(dtype),
+                    "fortran_order": False,
+                    "shape": shape,
+                },
+            )
+            for start, stop in _row_slices(shape):
+                f.write(_read_rows(value, start, stop).tobytes())
+        _disable_copy_on_read(value)
+        entries.append({"file": name, "path": variable.path, "shape": list(shape)})
+    # Written last: a folder without it (an interrupted save) does not load.
+    with open(os.path.join(folder, _MANIFEST), "w") as f:
+        json.dump({"variables": entries}, f, indent=1)
+
+
+def load_state(model, folder):
+    """Loads what `save_state` wrote into `model`, 64 MiB at a time.
+
+    `model` must be built like the saved one; its optimizer, if it has one,
+    is built first when it is not yet.
+
+    Args:
+        model: A built `keras.Model`.
+        folder: String or `os.PathLike` written by `save_state`.
+    """
+    import json
+
+    import numpy as np
+    import tensorflow as tf
+
+    folder = os.fspath(folder)
+    manifest_path = os.path.join(folder, _MANIFEST)
+    if not os.path.exists(manifest_path):
+        raise ValueError(
+            f"{manifest_path!r} does not exist: `folder` must be written by "
+            f"`keras_lookup.save_state` (completely). Received: folder={folder!r}"
+        )
+    with open(manifest_path) as f:
+        entries = json.load(f)["variables"]
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    variables = _state_variables(model)
+    if len(variables) != len(entries):
+        raise ValueError(
+            f"The model has {len(variables)} variables (optimizer included) but "
+            f"{folder!r} holds {len(entries)}. Build and compile the model as the "
+            "saved one was."
+        )
+    for variable, entry in zip(variables, entries, strict=True):
+        if list(variable.shape) != entry["shape"]:
+            raise ValueError(
+                f"Variable {variable.path!r} has shape {tuple(variable.shape)}, but "
+                f"{folder!r} holds {tuple(entry['shape'])} for it (saved as "
+                f"{entry['path']!r}). Build the model as the saved one was."
+            )
+    for variable, entry in zip(variables, entries, strict=True):
+        value = _backend_variable(variable)
+        with open(os.path.join(folder, entry["file"]), "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version != (1, 0):
+                raise ValueError(f"{f.name!r} was not written by `save_state`.")
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            if not shape:
+                value.assign(np.fromfile(f, dtype, count=1).reshape(()))
+                continue
+            row = int(np.prod(shape[1:]))
+            for start, stop in _row_slices(shape):
+                rows = np.fromfile(f, dtype, count=(stop - start) * row)
+                tf.raw_ops.ResourceStridedSliceAssign(
+                    ref=value.handle,
+                    begin=[start] + [0] * (len(shape) - 1),
+                    end=[stop] + list(shape[1:]),
+                    strides=[1] * len(shape),
+                    value=rows.reshape((stop - start,) + tuple(shape[1:])),
+                )
+        _disable_copy_on_read(value)
+
+
+def _state_variables(model):
+    variables = list(model.variables)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and optimizer.built:
+        variables += list(optimizer.variables)
+    return variables
+
+
+def _backend_variable(variable):
+    return getattr(variable, "value", variable)
+
+
+def _row_slices(shape):
+    if not shape:
+        return [(0, 1)]
+    row_bytes = max(1, math.prod(shape[1:]) * 4)
+    rows = max(1, SLICE_SIZE * 4 // row_bytes)
+    return [(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
+
+
+def _disable_copy_on_read(value):
+    # Row reads and slice writes put a variable in TensorFlow's copy-on-read
+    # mode, where every dense read (`keras.layers.Embedding` makes one each
+    # step) copies the whole variable; nothing holds its buffer now.
+    import tensorflow as tf
+
+    if value.shape.rank and hasattr(tf.raw_ops, "DisableCopyOnRead"):
+        tf.raw_ops.DisableCopyOnRead(resource=value.handle)
+
+
+def _read_rows(value, start, stop):
+    import tensorflow as tf
+
+    if value.shape.rank == 0:
+        return value.numpy()
+    # A gather reads just these rows; a slice of `value` would first read the
+    # whole variable, and copy it if a sparse update left it in copy-on-read
+    # mode (the optimizer's slots are).
+    return tf.gather(value, tf.range(start, stop)).numpy()

@@ -169,3 +169,72 @@ def test_save_model_gives_the_file_the_usual_mode(tmp_path):
 def test_save_model_rejects_other_formats(tmp_path):
     with pytest.raises(ValueError, match="must end in `.keras`"):
         keras_lookup.save_model(sequential_model(), tmp_path / "model.h5")
+
+
+# ---------------------------------------------------------------------------
+# save_state / load_state: model and optimizer variables in row slices.
+
+
+def _state_model(optimizer_cls):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            keras_lookup.Embedding(41, 5),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer=optimizer_cls(0.05), loss="mse")
+    return model
+
+
+@pytest.mark.parametrize("optimizer", ["LazyRowwiseAdam", "LazyAdam"])
+def test_save_state_resumes_like_an_uninterrupted_run(optimizer, tmp_path, monkeypatch):
+    # Slices of 3 rows or so, so that every variable takes several.
+    monkeypatch.setattr(keras_lookup.saving, "SLICE_SIZE", 4)
+    cls = getattr(keras_lookup.optimizers, optimizer)
+    rng = np.random.default_rng(5)
+    x, y = rng.integers(0, 41, size=(32, 6)), rng.normal(size=(32, 1))
+    uninterrupted = _state_model(cls)
+    uninterrupted.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    interrupted = _state_model(cls)
+    interrupted.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    keras_lookup.save_state(interrupted, tmp_path)
+    restored = _state_model(cls)  # optimizer not built: load_state builds it
+    keras_lookup.load_state(restored, tmp_path)
+    for saved, loaded in zip(
+        interrupted.optimizer.variables, restored.optimizer.variables, strict=True
+    ):
+        np.testing.assert_array_equal(saved.numpy(), loaded.numpy())
+    restored.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for resumed, reference in zip(
+        restored.get_weights(), uninterrupted.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(resumed, reference, rtol=1e-6, atol=1e-7)
+
+
+def test_load_state_errors(tmp_path):
+    model = _state_model(keras_lookup.optimizers.LazyRowwiseAdagrad)
+    model.optimizer.build(model.trainable_variables)
+    with pytest.raises(ValueError, match="manifest.json' does not exist"):
+        keras_lookup.load_state(model, tmp_path)
+    keras_lookup.save_state(model, tmp_path)
+    other = _state_model(keras_lookup.optimizers.LazyRowwiseAdam)
+    with pytest.raises(ValueError, match="variables .optimizer included. but"):
+        keras_lookup.load_state(other, tmp_path)
+    keras.utils.set_random_seed(0)
+    wider = keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            keras_lookup.Embedding(42, 5),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(1),
+        ]
+    )
+    wider.compile(optimizer=keras_lookup.optimizers.LazyRowwiseAdagrad(), loss="mse")
+    before = [v.numpy() for v in wider.variables]
+    with pytest.raises(ValueError, match=r"has shape \(42, 5\).*\(41, 5\)"):
+        keras_lookup.load_state(wider, tmp_path)
+    for value, variable in zip(before, wider.variables, strict=True):
+        np.testing.assert_array_equal(value, variable.numpy())  # nothing written
