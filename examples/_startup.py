@@ -37,14 +37,17 @@ _EARLY_INFO = re.compile(
 def import_keras():
     """Imports Keras (TensorFlow backend) and TensorFlow; returns `(keras, tf)`."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        # The user chose a log level: show TensorFlow's log as it comes.
+    chosen = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if chosen or sys.stderr is None:
+        # The user chose a log level (show TensorFlow's log as it comes), or
+        # there is no stderr to quiet.
         import keras
         import tensorflow as tf
 
         return keras, tf
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    sys.stdout.flush()
+    if sys.stdout is not None:
+        sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:

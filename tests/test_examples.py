@@ -323,3 +323,31 @@ def test_language_model_bad_folder(case, tmp_path):
             (folder / "a.txt").write_text("some text")
     result = run("language_model.py", "--smoke", "--data", folder, cwd=tmp_path)
     assert_fails(result, str(folder), expected)
+
+
+def test_startup_filter_drops_only_early_info_lines():
+    sys.path.insert(0, EXAMPLES)
+    try:
+        startup = importlib.import_module("_startup")
+    finally:
+        sys.path.remove(EXAMPLES)
+    # Lines TensorFlow 2.21 writes on import, before absl logging is set up.
+    dropped = [
+        "WARNING: All log messages before absl::InitializeLog() is called are "
+        "written to STDERR\n",
+        "I0000 00:00:1795753574.914797    4212 port.cc:153] oneDNN custom "
+        "operations are on.\n",
+        "I0000 00:00:1795753574.915055    4212 cudart_stub.cc:31] Could not find "
+        "cuda drivers on your machine, GPU will not be used.\n",
+        "To enable the following instructions: AVX2 FMA, in other operations, "
+        "rebuild TensorFlow with the appropriate compiler flags.\n",
+    ]
+    kept = [
+        "E0000 00:00:1795753576.779999    4212 cuda_platform.cc:52] failed call "
+        "to cuInit\n",
+        "W0000 00:00:1795753576.779999    4212 some.cc:1] a warning\n",
+        "/path/keras/__init__.py:3: UserWarning: something the user should see\n",
+        "Traceback (most recent call last):\n",
+    ]
+    assert all(startup._early_info(line) for line in dropped)
+    assert not any(startup._early_info(line) for line in kept)
