@@ -64,7 +64,7 @@ MODES = {
         "max_epochs": None,
         "patience": 2,
         "batch_size": 128,
-        "learning_rate": 5e-3,
+        "learning_rate": 1e-2,
         "max_train_tokens": None,
         "max_val_tokens": None,
     },
