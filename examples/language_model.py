@@ -413,10 +413,14 @@ def progress(args):
     return 1 if sys.stdout.isatty() else 2
 
 
+def epochs(count):
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
 def describe_training(ran, best, args):
     """One line: how many epochs ran, why it stopped, which weights were kept."""
     if best is None:
-        return f"{ran} epochs (fixed by --epochs)"
+        return f"{epochs(ran)} (fixed by --epochs)"
     if ran < args.max_epochs:
         why = (
             f"stopped early: no improvement for {args.patience} epoch"
@@ -424,7 +428,7 @@ def describe_training(ran, best, args):
         )
     else:
         why = f"reached the most epochs, {args.max_epochs}"
-    return f"{ran} epochs ({why}); kept the weights of epoch {best}"
+    return f"{epochs(ran)} ({why}); kept the weights of epoch {best}"
 
 
 def sample(model, vocabulary, prompts, args):
@@ -523,9 +527,9 @@ def main(argv=None):
         "validation tokens are [UNK])."
     )
     schedule = (
-        f"{args.epochs} epochs"
+        epochs(args.epochs)
         if args.epochs
-        else f"up to {args.max_epochs} epochs, early stopping with patience "
+        else f"up to {epochs(args.max_epochs)}, early stopping with patience "
         f"{args.patience}"
     )
     print(

@@ -346,10 +346,14 @@ def progress(args):
     return 1 if sys.stdout.isatty() else 2
 
 
+def epochs(count):
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
 def describe_training(ran, best, args):
     """How many epochs ran, why training stopped, which weights were kept."""
     if best is None:
-        return f"{ran} epochs (fixed by --epochs)"
+        return f"{epochs(ran)} (fixed by --epochs)"
     if ran < args.max_epochs:
         why = (
             f"stopped early: no improvement for {args.patience} epoch"
@@ -357,7 +361,7 @@ def describe_training(ran, best, args):
         )
     else:
         why = f"reached the most epochs, {args.max_epochs}"
-    return f"{ran} epochs ({why}); kept the weights of epoch {best}"
+    return f"{epochs(ran)} ({why}); kept the weights of epoch {best}"
 
 
 def sample_texts(texts, y, test, num_classes, words=60):
@@ -427,9 +431,9 @@ def main(argv=None):
         passes = round(budget / len(train))
         args.max_epochs = int(np.clip(passes, least, MAX_EPOCHS))
     schedule = (
-        f"{args.epochs} epochs"
+        epochs(args.epochs)
         if args.epochs
-        else f"up to {args.max_epochs} epochs, early stopping on validation "
+        else f"up to {epochs(args.max_epochs)}, early stopping on validation "
         f"accuracy with patience {args.patience}"
     )
     print(f"Training: LazyAdam {args.learning_rate:g}, {schedule}.")

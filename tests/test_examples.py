@@ -22,7 +22,7 @@ NUMBER = r"(\d+(?:\.\d+)?)"
 # "trained 5 epochs (stopped early: no improvement for 2 epochs after epoch
 # 3); kept the weights of epoch 3"
 TRAINED = re.compile(
-    r"trained (\d+) epochs \((stopped early|reached the most epochs|fixed by "
+    r"trained (\d+) epochs? \((stopped early|reached the most epochs|fixed by "
     r"--epochs)[^)]*\)(?:; kept the weights of epoch (\d+))?"
 )
 # What TensorFlow writes at start-up when nothing silences it.
