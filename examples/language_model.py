@@ -11,9 +11,18 @@ every position:
 The output projection is the embedding table itself (weight tying: the logits
 are `features @ embeddings.T`), so the vocabulary costs one table, not two. It
 trains with `keras_lookup.optimizers.LazyAdam`. About 10% of the addresses
-(whole speeches) are held out; the example reports their perplexity next to a
-unigram baseline (training-token frequencies with add-one smoothing, scored on
-the same validation tokens) and samples a few lines of text.
+(whole speeches) are held out; the example reports their perplexity next to
+two baselines fitted on the same training tokens and scored on the same
+validation tokens: a unigram model (add-one smoothing) and an interpolated
+Kneser-Ney bigram model, which the GRU beats only by using more context than
+the previous word. It then samples a few lines of text.
+
+Training stops when the validation loss has not improved for `--patience`
+epochs, and the weights of the best epoch are kept. Where one fixed value would
+not fit every corpus, the defaults come from the size of the training data:
+the most epochs (about the same number of training steps on any corpus, so a
+small corpus gets more passes), the vocabulary (tokens seen at least twice, up
+to `--vocab-size`) and the GRU width. `--epochs N` trains exactly N epochs.
 
 Usage:
 
@@ -32,9 +41,11 @@ the token of id i). `--quick` and `--smoke` save nothing unless given
 import argparse
 import os
 import re
+import sys
 import time
 
 import _data
+import _startup
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,15 +53,18 @@ DEFAULT_SAVE_DIR = os.path.join(REPO, "saved_models")
 MODEL_NAME = "language_model"
 PUNCTUATION = ".,;:?!"
 # Settings per mode; any of them can be overridden from the command line.
+# `None` means "from the size of the training data" (see `fit_to_data`).
 MODES = {
     "full": {
         "vocab_size": 10000,
         "seq_length": 32,
         "dim": 64,
-        "units": 256,
-        "epochs": 2,
+        "units": None,
+        "epochs": None,
+        "max_epochs": None,
+        "patience": 2,
         "batch_size": 128,
-        "learning_rate": 5e-3,
+        "learning_rate": 1e-2,
         "max_train_tokens": None,
         "max_val_tokens": None,
     },
@@ -59,7 +73,9 @@ MODES = {
         "seq_length": 32,
         "dim": 64,
         "units": 128,
-        "epochs": 1,
+        "epochs": None,
+        "max_epochs": None,
+        "patience": 1,
         "batch_size": 128,
         "learning_rate": 1e-2,
         "max_train_tokens": 600_000,
@@ -70,13 +86,33 @@ MODES = {
         "seq_length": 16,
         "dim": 16,
         "units": 32,
-        "epochs": 1,
+        "epochs": None,
+        "max_epochs": None,
+        "patience": 1,
         "batch_size": 64,
         "learning_rate": 1e-2,
         "max_train_tokens": 30_000,
         "max_val_tokens": 5_000,
     },
 }
+# The most epochs is about this many training tokens' worth of steps, at least
+# MIN_EPOCHS and at most MAX_EPOCHS passes. On the State of the Union text
+# (1.93M training tokens) the full run makes 2 passes, as many as fit in about
+# 9 minutes on 2 CPU cores; a corpus of 150k tokens gets up to 27, and early
+# stopping usually ends it sooner.
+TOKEN_BUDGET = {"full": 4_000_000, "quick": 700_000, "smoke": 60_000}
+MIN_EPOCHS, MAX_EPOCHS = 1, 50
+# Validation loss must fall by more than this (0.1% of perplexity) to count as
+# an improvement for early stopping.
+MIN_DELTA = 1e-3
+# Tokens seen fewer times than this in training map to [UNK]: a word seen once
+# teaches the model next to nothing, and costs a row of the table.
+MIN_COUNT = 2
+# GRU units for the full run: wide on a large corpus, narrower on a small one,
+# where a wide GRU only overfits sooner.
+LARGE_CORPUS_TOKENS, UNITS_LARGE, UNITS_SMALL = 1_000_000, 256, 128
+# Interpolated Kneser-Ney discount for the bigram baseline (the usual 0.75).
+BIGRAM_DISCOUNT = 0.75
 SOTU_PROMPTS = (
     "the state of the union is",
     "my fellow americans ,",
@@ -121,11 +157,24 @@ def parse_args(argv=None):
         "--no-save", action="store_true", help="do not save, even in the full run"
     )
     for flag, kind, text in (
-        ("--epochs", int, "training epochs"),
-        ("--vocab-size", int, "vocabulary size (at most)"),
+        ("--epochs", int, "train exactly this many epochs, no early stopping"),
+        (
+            "--max-epochs",
+            int,
+            "most epochs with early stopping; 'data' = about "
+            f"{TOKEN_BUDGET['full']:,} (quick {TOKEN_BUDGET['quick']:,}) "
+            "training tokens' worth of passes",
+        ),
+        ("--patience", int, "epochs without improvement before stopping"),
+        ("--vocab-size", int, f"vocabulary size at most (tokens seen >= {MIN_COUNT}x)"),
         ("--seq-length", int, "tokens per training window"),
         ("--dim", int, "embedding dimension"),
-        ("--units", int, "GRU units"),
+        (
+            "--units",
+            int,
+            f"GRU units; 'data' = {UNITS_LARGE} from "
+            f"{LARGE_CORPUS_TOKENS:,} training tokens, else {UNITS_SMALL}",
+        ),
         ("--batch-size", int, "training batch size"),
         ("--learning-rate", float, "LazyAdam learning rate"),
         ("--max-train-tokens", int, "train on at most this many tokens"),
@@ -153,9 +202,13 @@ def parse_args(argv=None):
     for key, value in MODES[args.mode].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("epochs", "vocab_size", "seq_length", "dim", "units", "batch_size"):
-        if getattr(args, key) < 1:
+    positive = ("epochs", "max_epochs", "vocab_size", "seq_length", "dim", "units")
+    for key in (*positive, "batch_size"):
+        value = getattr(args, key)
+        if value is not None and value < 1:
             parser.error(f"--{key.replace('_', '-')} must be a positive integer")
+    if args.patience < 0:
+        parser.error("--patience must be 0 or a positive integer")
     if not 0 < args.val_fraction < 1:
         parser.error("--val-fraction must lie strictly between 0 and 1")
     if args.temperature <= 0:
@@ -170,8 +223,11 @@ def parse_args(argv=None):
 def per_mode(flag):
     key = flag.lstrip("-").replace("-", "_")
     values = {m: MODES[m][key] for m in MODES}
+    unset = "data" if key in ("units", "max_epochs") else "all"
+    if key == "epochs":
+        return "default: none, train until the validation loss stops improving"
     return "default: " + ", ".join(
-        f"{m} {'all' if v is None else v}" for m, v in values.items()
+        f"{m} {unset if v is None else v}" for m, v in values.items()
     )
 
 
@@ -252,6 +308,129 @@ def unigram_perplexity(train_stream, targets, vocab_size):
     return float(np.exp(-np.mean(np.log(probabilities[targets.ravel()]))))
 
 
+def bigram_model(previous, following, vocab_size, discount=BIGRAM_DISCOUNT):
+    """An interpolated Kneser-Ney bigram model fitted on `previous -> following` pairs.
+
+    Returns `probability(previous, following)`, vectorized over id arrays:
+
+        P(w | v) = max(c(v, w) - d, 0) / c(v) + d * T(v) / c(v) * P_cont(w)
+
+    where c counts training pairs, T(v) is the number of distinct tokens seen
+    after v, and P_cont(w) is how many distinct tokens w was seen after (its
+    "continuation count"), add-one smoothed so that every token gets some
+    probability. After a token never seen in training, P(w | v) = P_cont(w).
+    For every v the probabilities sum to one over the vocabulary.
+    """
+    v = np.asarray(previous, "int64").ravel()
+    w = np.asarray(following, "int64").ravel()
+    pairs, counts = np.unique(v * vocab_size + w, return_counts=True)
+    context = np.bincount(v, minlength=vocab_size).astype("float64")
+    followers = np.bincount(pairs // vocab_size, minlength=vocab_size)
+    preceders = np.bincount(pairs % vocab_size, minlength=vocab_size)
+    continuation = (preceders + 1.0) / (len(pairs) + vocab_size)
+
+    def probability(previous, following):
+        v = np.asarray(previous, "int64")
+        w = np.asarray(following, "int64")
+        code = v * vocab_size + w
+        index = np.minimum(np.searchsorted(pairs, code), len(pairs) - 1)
+        count = np.where(pairs[index] == code, counts[index], 0)
+        seen = context[v] > 0
+        total = np.where(seen, context[v], 1.0)
+        backoff = np.where(seen, discount * followers[v] / total, 1.0)
+        return np.maximum(count - discount, 0) / total + backoff * continuation[w]
+
+    return probability
+
+
+def bigram_perplexity(train_inputs, train_targets, inputs, targets, vocab_size):
+    """Perplexity on `inputs -> targets` of `bigram_model` fitted on training pairs."""
+    probability = bigram_model(train_inputs, train_targets, vocab_size)
+    return float(np.exp(-np.mean(np.log(probability(inputs, targets)))))
+
+
+def fit_to_data(args, train_tokens):
+    """Fills in the settings left to the data: the most epochs and GRU units."""
+    if args.max_epochs is None:
+        passes = round(TOKEN_BUDGET[args.mode] / train_tokens)
+        args.max_epochs = int(np.clip(passes, MIN_EPOCHS, MAX_EPOCHS))
+    if args.units is None:
+        large = train_tokens >= LARGE_CORPUS_TOKENS
+        args.units = UNITS_LARGE if large else UNITS_SMALL
+
+
+def frequent_vocabulary(vocabulary, train_stream, min_count):
+    """The entries of `vocabulary` seen at least `min_count` times in `train_stream`.
+
+    Padding and [UNK] (the first two entries) are always kept, and the order
+    is kept too.
+    """
+    counts = np.bincount(train_stream, minlength=len(vocabulary))
+    keep = counts >= min_count
+    keep[:2] = True
+    return [token for token, kept in zip(vocabulary, keep, strict=True) if kept]
+
+
+def train(model, data, args):
+    """Fits `model`; returns `(epochs run, best epoch or None, seconds)`.
+
+    With `--epochs`, exactly that many epochs and the last weights; otherwise
+    up to `args.max_epochs`, stopping after `args.patience` epochs without a
+    validation improvement and restoring the best epoch's weights.
+    """
+    import keras
+
+    x_train, y_train, x_val, y_val = data
+    callbacks = []
+    if args.epochs is None:
+        stop = keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            min_delta=MIN_DELTA,
+            patience=args.patience,
+            restore_best_weights=True,
+        )
+        callbacks.append(stop)
+    start = time.perf_counter()
+    history = model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        epochs=args.epochs or args.max_epochs,
+        batch_size=args.batch_size,
+        callbacks=callbacks,
+        verbose=progress(args),
+    )
+    seconds = time.perf_counter() - start
+    ran = len(history.history["loss"])
+    best = None if args.epochs else callbacks[0].best_epoch + 1
+    return ran, best, seconds
+
+
+def progress(args):
+    """Keras `verbose`: progress bars in a terminal, a line an epoch in a log."""
+    if args.quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
+def epochs(count):
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
+def describe_training(ran, best, args):
+    """One line: how many epochs ran, why it stopped, which weights were kept."""
+    if best is None:
+        return f"{epochs(ran)} (fixed by --epochs)"
+    if ran < args.max_epochs:
+        why = (
+            f"stopped early: no improvement for {args.patience} epoch"
+            f"{'s' if args.patience != 1 else ''} after epoch {best}"
+        )
+    else:
+        why = f"reached the most epochs, {args.max_epochs}"
+    return f"{epochs(ran)} ({why}); kept the weights of epoch {best}"
+
+
 def sample(model, vocabulary, prompts, args):
     """Continues each prompt by `SAMPLE_TOKENS` tokens, sampled at temperature."""
     rng = np.random.default_rng(args.seed)
@@ -317,10 +496,7 @@ def main(argv=None):
     train_texts, val_texts = load_documents(args)
 
     # Imported only now, so that bad data fails before TensorFlow starts up.
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import tensorflow as tf
+    keras, tf = _startup.import_keras()
 
     from keras_lookup.optimizers import LazyAdam
 
@@ -330,15 +506,35 @@ def main(argv=None):
     )
     vectorizer.adapt(tf.constant(train_texts), batch_size=16)
     vocabulary = [str(t) for t in vectorizer.get_vocabulary()]
-    args.vocab_size = len(vocabulary)
     train_stream = token_stream(vectorizer, train_texts, args.max_train_tokens)
+    frequent = frequent_vocabulary(vocabulary, train_stream, MIN_COUNT)
+    if len(frequent) < len(vocabulary):
+        vocabulary = frequent
+        vectorizer = keras.layers.TextVectorization(
+            vocabulary=vocabulary[2:], standardize=standardize, name="tokens"
+        )
+        train_stream = token_stream(vectorizer, train_texts, args.max_train_tokens)
+    most, args.vocab_size = args.vocab_size, len(vocabulary)
     val_stream = token_stream(vectorizer, val_texts, args.max_val_tokens)
     x_train, y_train = windows(train_stream, args.seq_length)
     x_val, y_val = windows(val_stream, args.seq_length)
+    fit_to_data(args, y_train.size)
     print(
-        f"Vocabulary: {args.vocab_size:,} tokens (id 0 padding, id 1 [UNK]); "
-        f"{y_train.size:,} training and {y_val.size:,} validation tokens "
-        f"({np.mean(val_stream == 1):.1%} of validation tokens are [UNK])."
+        f"Vocabulary: {args.vocab_size:,} tokens (id 0 padding, id 1 [UNK]; "
+        f"training tokens seen {MIN_COUNT}+ times, at most --vocab-size "
+        f"{most:,}); {y_train.size:,} training and "
+        f"{y_val.size:,} validation tokens ({np.mean(val_stream == 1):.1%} of "
+        "validation tokens are [UNK])."
+    )
+    schedule = (
+        epochs(args.epochs)
+        if args.epochs
+        else f"up to {epochs(args.max_epochs)}, early stopping with patience "
+        f"{args.patience}"
+    )
+    print(
+        f"Model: embedding {args.dim}, GRU {args.units} units; LazyAdam "
+        f"{args.learning_rate:g}; {schedule}."
     )
 
     model = build_model(args)
@@ -346,19 +542,11 @@ def main(argv=None):
         optimizer=LazyAdam(args.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    start = time.perf_counter()
-    model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        verbose=0 if args.quiet else 1,
-    )
-    seconds = time.perf_counter() - start
+    ran, best, seconds = train(model, (x_train, y_train, x_val, y_val), args)
     val_loss = model.evaluate(x_val, y_val, batch_size=args.batch_size, verbose=0)
     perplexity = float(np.exp(val_loss))
     baseline = unigram_perplexity(y_train, y_val, args.vocab_size)
+    bigram = bigram_perplexity(x_train, y_train, x_val, y_val, args.vocab_size)
 
     # A fresh, uncompiled model over the same layers: what gets saved and
     # sampled from carries no optimizer state.
@@ -381,9 +569,15 @@ def main(argv=None):
     print(f"\nSummary ({args.mode} run, {y_val.size:,} held-out tokens):")
     print(f"  unigram baseline (add-one smoothing): perplexity {baseline:.1f}")
     print(
-        f"  GRU language model, tied embedding: perplexity {perplexity:.1f} "
-        f"({perplexity / baseline:.2f} x the baseline; trained in {seconds:.0f} s)"
+        f"  bigram baseline (interpolated Kneser-Ney): perplexity {bigram:.1f} "
+        f"({bigram / baseline:.2f} x unigram)"
     )
+    print(
+        f"  GRU language model, tied embedding: perplexity {perplexity:.1f} "
+        f"({perplexity / baseline:.2f} x unigram, {perplexity / bigram:.2f} x "
+        f"bigram; trained in {seconds:.0f} s)"
+    )
+    print(f"    trained {describe_training(ran, best, args)}")
     if path is not None:
         size = os.path.getsize(path) / 2**20
         print(f"    saved {_display(path)} ({size:.1f} MiB)")

@@ -25,9 +25,9 @@ Usage:
 """
 
 import argparse
-import os
 import time
 
+import _startup
 import numpy as np
 
 MODES = {
@@ -204,9 +204,7 @@ def print_table(vocab, rows, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    keras, _ = _startup.import_keras()
 
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)

@@ -20,6 +20,12 @@ Two end-to-end models take raw strings; `keras.layers.TextVectorization`
 Both train with `keras_lookup.optimizers.LazyAdam` (row-sparse Adam) and are
 scored against the majority-class baseline on the held-out speeches.
 
+Training stops when the validation accuracy has not improved for `--patience`
+epochs, and the weights of the best epoch are kept; `--epochs N` trains exactly
+N epochs instead. The most epochs comes from the size of the training data
+(about the same number of training steps on any data set, so a small one gets
+more passes), and the vocabulary is the training text's, up to `--vocab-size`.
+
 Usage:
 
     python examples/text_classification.py --quick    # ~15 s on 2 CPU cores
@@ -36,9 +42,11 @@ nothing unless given `--save-dir`.
 
 import argparse
 import os
+import sys
 import time
 
 import _data
+import _startup
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +61,9 @@ MODES = {
         "vocab_size": 20000,
         "max_length": 200,
         "dim": 32,
-        "epochs": 10,
+        "epochs": None,
+        "max_epochs": None,
+        "patience": 2,
         "batch_size": 64,
         "learning_rate": 5e-3,
         "max_train": None,
@@ -62,7 +72,9 @@ MODES = {
         "vocab_size": 20000,
         "max_length": 128,
         "dim": 32,
-        "epochs": 3,
+        "epochs": None,
+        "max_epochs": None,
+        "patience": 2,
         "batch_size": 64,
         "learning_rate": 5e-3,
         "max_train": None,
@@ -71,12 +83,21 @@ MODES = {
         "vocab_size": 2000,
         "max_length": 64,
         "dim": 16,
-        "epochs": 1,
+        "epochs": None,
+        "max_epochs": 1,
+        "patience": 2,
         "batch_size": 64,
         "learning_rate": 5e-3,
         "max_train": 1500,
     },
 }
+# The most epochs is about this many training examples' worth of steps, and
+# at least the second number of passes, at most MAX_EPOCHS. The full run makes
+# up to 10 passes over the 16,114 training paragraphs of the era task (early
+# stopping ends both models by epoch 7 there), and up to 80 over 2,000
+# examples; --quick makes up to 3 and 24.
+EXAMPLE_BUDGET = {"full": (160_000, 10), "quick": (48_000, 3)}
+MAX_EPOCHS = 100
 SAMPLES_PER_CLASS = 2
 
 
@@ -132,7 +153,15 @@ def parse_args(argv=None):
         "--no-save", action="store_true", help="do not save, even in the full run"
     )
     for flag, kind, text in (
-        ("--epochs", int, "most training epochs (early stopping may end sooner)"),
+        ("--epochs", int, "train exactly this many epochs, no early stopping"),
+        (
+            "--max-epochs",
+            int,
+            "most epochs with early stopping; 'data' = about "
+            f"{EXAMPLE_BUDGET['full'][0]:,} (quick {EXAMPLE_BUDGET['quick'][0]:,}) "
+            "training examples' worth of passes",
+        ),
+        ("--patience", int, "epochs without improvement before stopping"),
         ("--vocab-size", int, "TextVectorization max_tokens"),
         ("--max-length", int, "token ids kept per example"),
         ("--dim", int, "embedding / hidden dimension"),
@@ -156,9 +185,13 @@ def parse_args(argv=None):
     for key, value in MODES[args.mode].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("epochs", "vocab_size", "max_length", "dim", "batch_size"):
-        if getattr(args, key) < 1:
+    positive = ("epochs", "max_epochs", "vocab_size", "max_length", "dim")
+    for key in (*positive, "batch_size"):
+        value = getattr(args, key)
+        if value is not None and value < 1:
             parser.error(f"--{key.replace('_', '-')} must be a positive integer")
+    if args.patience < 0:
+        parser.error("--patience must be 0 or a positive integer")
     if not 0 < args.test_fraction < 1:
         parser.error("--test-fraction must lie strictly between 0 and 1")
     if args.save_dir is None and args.mode == "full" and args.data is None:
@@ -171,8 +204,11 @@ def parse_args(argv=None):
 def per_mode(flag):
     key = flag.lstrip("-").replace("-", "_")
     values = {m: MODES[m][key] for m in MODES}
+    if key == "epochs":
+        return "default: none, train until the validation accuracy stops improving"
+    unset = "data" if key == "max_epochs" else "all"
     return "default: " + ", ".join(
-        f"{m} {'all' if v is None else v}" for m, v in values.items()
+        f"{m} {unset if v is None else v}" for m, v in values.items()
     )
 
 
@@ -250,7 +286,8 @@ def stack(layers, x):
 def train_variant(variant, vectorizer, ids, y, splits, class_names, args):
     """Trains one variant on token ids.
 
-    Returns `(end-to-end model on raw strings, test accuracy, training seconds)`.
+    Returns `(end-to-end model on raw strings, test accuracy, training seconds,
+    epochs run, best epoch or None)`; the best epoch is None with `--epochs`.
     """
     import keras
 
@@ -269,20 +306,28 @@ def train_variant(variant, vectorizer, ids, y, splits, class_names, args):
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    stop = keras.callbacks.EarlyStopping(
-        monitor="val_accuracy", patience=2, restore_best_weights=True
-    )
+    callbacks = []
+    if args.epochs is None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy",
+                patience=args.patience,
+                restore_best_weights=True,
+            )
+        )
     start = time.perf_counter()
-    trainer.fit(
+    history = trainer.fit(
         ids[train],
         y[train],
         validation_data=(ids[val], y[val]),
-        epochs=args.epochs,
+        epochs=args.epochs or args.max_epochs,
         batch_size=args.batch_size,
-        callbacks=[stop],
-        verbose=0 if args.quiet else 1,
+        callbacks=callbacks,
+        verbose=progress(args),
     )
     seconds = time.perf_counter() - start
+    ran = len(history.history["loss"])
+    best = callbacks[0].best_epoch + 1 if callbacks else None
     _, accuracy = trainer.evaluate(ids[test], y[test], verbose=0)
 
     text_input = keras.Input((1,), dtype="string", name="text")
@@ -291,7 +336,32 @@ def train_variant(variant, vectorizer, ids, y, splits, class_names, args):
         stack(layers, vectorizer(text_input)),
         name=f"text_classification_{variant}",
     )
-    return model, float(accuracy), seconds
+    return model, float(accuracy), seconds, ran, best
+
+
+def progress(args):
+    """Keras `verbose`: progress bars in a terminal, a line an epoch in a log."""
+    if args.quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
+def epochs(count):
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
+def describe_training(ran, best, args):
+    """How many epochs ran, why training stopped, which weights were kept."""
+    if best is None:
+        return f"{epochs(ran)} (fixed by --epochs)"
+    if ran < args.max_epochs:
+        why = (
+            f"stopped early: no improvement for {args.patience} epoch"
+            f"{'s' if args.patience != 1 else ''} after epoch {best}"
+        )
+    else:
+        why = f"reached the most epochs, {args.max_epochs}"
+    return f"{epochs(ran)} ({why}); kept the weights of epoch {best}"
 
 
 def sample_texts(texts, y, test, num_classes, words=60):
@@ -340,10 +410,7 @@ def main(argv=None):
     train, val, test = splits
 
     # Imported only now, so that bad data fails before TensorFlow starts up.
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import tensorflow as tf
+    keras, tf = _startup.import_keras()
 
     keras.utils.set_random_seed(args.seed)
     vectorizer = keras.layers.TextVectorization(
@@ -359,6 +426,17 @@ def main(argv=None):
         f"TextVectorization: {args.vocab_size:,} tokens, {args.max_length} "
         f"ids per example ({np.mean(ids[:, -1] != 0):.0%} of examples cut)."
     )
+    if args.max_epochs is None:
+        budget, least = EXAMPLE_BUDGET[args.mode]
+        passes = round(budget / len(train))
+        args.max_epochs = int(np.clip(passes, least, MAX_EPOCHS))
+    schedule = (
+        epochs(args.epochs)
+        if args.epochs
+        else f"up to {epochs(args.max_epochs)}, early stopping on validation "
+        f"accuracy with patience {args.patience}"
+    )
+    print(f"Training: LazyAdam {args.learning_rate:g}, {schedule}.")
 
     # The best constant guess on the test examples (at least as strong as the
     # training set's majority class), so the gains below are not flattered.
@@ -370,25 +448,27 @@ def main(argv=None):
     samples = sample_texts(texts, y, test, len(class_names))
     for variant, title in VARIANTS.items():
         print(f"\n{title}")
-        model, accuracy, seconds = train_variant(
+        model, accuracy, seconds, ran, best = train_variant(
             variant, vectorizer, ids, y, splits, class_names, args
         )
         path = None
         if args.save_dir is not None:
             path = save(model, f"{prefix}_{variant}", samples, class_names, args)
-        results.append((title, accuracy, seconds, path))
+        training = describe_training(ran, best, args)
+        results.append((title, accuracy, seconds, training, path))
 
     print(f"\nSummary ({args.mode} run, {len(test):,} held-out examples):")
     print(
         f"  majority-class baseline ({class_names[majority]!r}): "
         f"test accuracy {baseline:.1%}"
     )
-    for title, accuracy, seconds, path in results:
+    for title, accuracy, seconds, training, path in results:
         gain = 100 * (accuracy - baseline)
         print(
             f"  {title}: test accuracy {accuracy:.1%} "
             f"({gain:+.1f} points over the baseline; trained in {seconds:.0f} s)"
         )
+        print(f"    trained {training}")
         if path is not None:
             size = os.path.getsize(path) / 2**20
             print(f"    saved {_display(path)} ({size:.1f} MiB)")
