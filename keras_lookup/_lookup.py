@@ -19,28 +19,6 @@ SUPPORTED_COMBINERS = ("sum", "mean", "sqrtn")
 SUPPORTED_STRATEGIES = ("auto", "gather", "matmul")
 SUPPORTED_INPUT_FORMATS = ("ids", "multi_hot")
 
-# `strategy="auto"` thresholds, from `python benchmarks/lookup.py` (forward +
-# backward, D=64, 2-core CPU, TF 2.21; benchmarks/results/lookup.md), which
-# agree with shared/FACTS.md: for one id per position one-hot matmul beat
-# gather up to V = 32 (1.5x) and was level at V = 64; for bags of k = 8 ids
-# matmul won up to V = 256 and lost from V = 1,024; for bags of k = 64 it won
-# up to V = 1,024 and lost from V = 4,096.
-AUTO_MATMUL_MAX_VOCAB = 32
-AUTO_BAG_MATMUL_MAX_VOCAB = 256
-AUTO_LARGE_BAG_MATMUL_MAX_VOCAB = 2048
-AUTO_LARGE_BAG_IDS = 64
-
-
-def resolve_strategy(vocab_size, bags, ids_per_row=None):
-    if not bags:
-        return "matmul" if vocab_size <= AUTO_MATMUL_MAX_VOCAB else "gather"
-    if vocab_size <= AUTO_BAG_MATMUL_MAX_VOCAB:
-        return "matmul"
-    large_bags = ids_per_row is not None and ids_per_row >= AUTO_LARGE_BAG_IDS
-    if large_bags and vocab_size <= AUTO_LARGE_BAG_MATMUL_MAX_VOCAB:
-        return "matmul"
-    return "gather"
-
 
 def rows(table, ids, strategy):
     """One table row per id in the flat or dense int tensor `ids`."""

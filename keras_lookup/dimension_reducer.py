@@ -1,7 +1,7 @@
 import keras
 import tensorflow as tf
 
-from keras_lookup import _checks, _layer_utils, _lookup
+from keras_lookup import _checks, _cost_model, _layer_utils, _lookup, calibration
 
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
@@ -16,8 +16,11 @@ class DimensionReducer(keras.layers.Layer):
     `kernel` `(vocab_size, units)` and `bias` `(units,)`, so a model saved with
     one strategy loads and runs with the other. Unlike an embedding it can add a
     bias and apply an activation. `"auto"` picks the strategy that measured
-    faster on CPU (see `keras_lookup._lookup.resolve_strategy`): matmul for tiny
-    vocabularies and for bags over small vocabularies, gather otherwise.
+    faster on this device (`keras_lookup.calibrate()`; shipped CPU defaults
+    otherwise): matmul for tiny vocabularies and for bags of many ids over
+    small ones, gather for large tables. Where the bag size is only known per
+    batch (ragged, sparse, multi-hot) it is chosen per batch inside the graph
+    from the batch's ids per row; `layer.strategy_choice` says what and why.
 
     Ids are validated as in `keras_lookup.Embedding`: anything but an integer
     in `[0, vocab_size)` raises, in either strategy.
@@ -26,7 +29,9 @@ class DimensionReducer(keras.layers.Layer):
         vocab_size: Integer. Size of the vocabulary: ids lie in
             `[0, vocab_size)`.
         units: Integer. Number of output features.
-        strategy: String, one of `"auto"`, `"gather"`, `"matmul"`.
+        strategy: String, one of `"auto"`, `"gather"`, `"matmul"`. `"auto"`
+            is resolved on the device that builds the layer; `get_config`
+            keeps `"auto"`.
         activation: Activation function (name or callable); `None` is linear.
         use_bias: Boolean. Whether to add a bias vector.
         kernel_initializer: Initializer for `kernel`.
@@ -139,20 +144,22 @@ class DimensionReducer(keras.layers.Layer):
         self.invalid_ids = invalid_ids
         self._bags = combiner is not None or input_format == "multi_hot"
         self._strategy = strategy
+        self._calibration = None
+        self._choice = _cost_model.StrategyChoice(strategy, "set by the user")
+        self._bag_width = None
         if strategy == "auto":
-            self._strategy = _lookup.resolve_strategy(vocab_size, self._bags)
+            self._calibration = calibration.load_calibration(self.compute_dtype)
+            form = "bags" if self._bags else "single"
+            self._choice = _cost_model.choose(vocab_size, form, None, self._calibration)
+            self._strategy = self._choice.strategy
         self.supports_masking = True
         # See keras_lookup.Embedding: ids stay uncast, XLA cannot raise.
         self.autocast = False
         self.supports_jit = invalid_ids != "raise"
 
     def build(self, input_shape=None):
-        if self.strategy == "auto" and self.input_format == "ids" and self._bags:
-            # Bags whose size is known up front refine the choice.
-            ids_per_row = None if input_shape is None else input_shape[-1]
-            self._strategy = _lookup.resolve_strategy(
-                self.vocab_size, True, ids_per_row
-            )
+        if self.input_format == "ids" and self._bags and input_shape is not None:
+            self._bag_width = input_shape[-1]
         _layer_utils.add_kernel_and_bias(self, (self.vocab_size, self.units))
         self.built = True
 
@@ -172,8 +179,21 @@ class DimensionReducer(keras.layers.Layer):
             ids, self.vocab_size, self.invalid_ids, self.name, "vocab_size"
         )
 
-    def _table(self):
-        if self._strategy == "matmul":
+    @property
+    def strategy_choice(self):
+        """What `strategy` resolves to on this device, and why.
+
+        A `StrategyChoice(strategy, reason, min_ids_per_row)`; `strategy` is
+        `"gather"`, `"matmul"` or `"per_batch"`.
+        """
+        if self.strategy != "auto":
+            return self._choice
+        return _cost_model.with_bag_width(
+            self._choice, self.vocab_size, self._bag_width, self._calibration
+        )
+
+    def _table(self, strategy=None):
+        if (strategy or self._strategy) == "matmul":
             return tf.cast(self.kernel, self.compute_dtype)
         return _layer_utils.sparse_readable(self.kernel)
 
@@ -188,7 +208,7 @@ class DimensionReducer(keras.layers.Layer):
         bags = _lookup.bags_from_ids(
             inputs, weights, keep, self._check_ids, self.combiner, self.name
         )
-        return self._reduce(bags)
+        return self._per_batch(inputs, lambda strategy: self._reduce(bags, strategy))
 
     def _multi_hot(self, inputs, weights):
         if weights is not None:
@@ -197,15 +217,33 @@ class DimensionReducer(keras.layers.Layer):
                 '`input_format="multi_hot"`, where the matrix entries already are '
                 "the weights. Scale the multi-hot matrix instead."
             )
-        bags = _lookup.bags_from_multi_hot(
-            inputs, self.vocab_size, self.combiner, self.name, self._strategy
-        )
-        return self._reduce(bags)
 
-    def _reduce(self, bags):
+        def reduce(strategy):
+            bags = _lookup.bags_from_multi_hot(
+                inputs, self.vocab_size, self.combiner, self.name, strategy
+            )
+            return self._reduce(bags, strategy)
+
+        return self._per_batch(inputs, reduce)
+
+    def _per_batch(self, inputs, reduce):
+        # `reduce(strategy)`; under "auto", with the strategy the cost model
+        # picks for this batch's ids per row (a `tf.cond` when that is only
+        # known at run time).
+        if self.strategy != "auto":
+            return reduce(self._strategy)
+        use_matmul = _cost_model.use_matmul(
+            self._choice,
+            self.vocab_size,
+            inputs,
+            self.input_format == "multi_hot",
+            self._calibration,
+        )
+        return _cost_model.per_batch(use_matmul, reduce)
+
+    def _reduce(self, bags, strategy):
         combiner = self.combiner or "sum"
-        table = self._table()
-        out = _lookup.reduce_bags(table, bags, combiner, self._strategy)
+        out = _lookup.reduce_bags(self._table(strategy), bags, combiner, strategy)
         return tf.cast(out, self.compute_dtype)
 
     def _mask(self, inputs):
