@@ -14,11 +14,11 @@ Columns: `keras.layers.Embedding` (plus a sum for bags) and
 baselines; `keras_lookup.DimensionReducer` with `strategy="gather"`,
 `"matmul"` and `"auto"`. At each point every column is traced and warmed up,
 then timed in interleaved rounds (each round runs every column, in a rotating
-order, enough calls to last a few milliseconds); the table reports the minimum
-over rounds (the median is in results.json). Outputs, under `--out`:
-`results.json`, `results.md`, and one plot per form (`lookup_<form>.png`: time
-vs V, a line per column, a panel per ids-per-row, the measured crossover
-marked).
+order, for a few milliseconds, and keeps its fastest call); the table reports
+the minimum over rounds (the median over rounds is in results.json).
+Outputs, under `--out`: `results.json`, `results.md`, and one plot per form
+(`lookup_<form>.png`: time vs V, a line per column, a panel per ids-per-row,
+the measured crossover marked).
 
 `--calibrate` instead measures the crossovers `strategy="auto"` uses and stores
 them for this device (see `keras_lookup.calibrate`).
@@ -154,11 +154,13 @@ def make_column(column, form, vocab, k, settings, inputs):
 
 
 def time_interleaved(steps, rounds, round_ms=5.0):
-    """`{name: [ms per call, one per round]}`, the steps timed side by side.
+    """`{name: [ms, one per round]}`, the steps timed side by side.
 
-    Each step is warmed up, then every round times each step once, in an
-    order rotated from round to round, over as many calls as fill about
-    `round_ms` (so sub-millisecond steps are not timer noise).
+    Each step is warmed up; then every round runs each step, in an order
+    rotated from round to round, for about `round_ms` (at least one call),
+    timing every call. A round's figure for a step is its fastest call there:
+    on a shared machine a call either runs undisturbed or is slowed by others,
+    so the fastest is the least noisy estimate of the step's own cost.
     """
     calls = {}
     for name, step in steps.items():
@@ -172,11 +174,12 @@ def time_interleaved(steps, rounds, round_ms=5.0):
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            fastest = math.inf
             for _ in range(calls[name]):
+                start = time.perf_counter()
                 steps[name]()
-            elapsed = time.perf_counter() - start
-            times[name].append(elapsed * 1e3 / calls[name])
+                fastest = min(fastest, time.perf_counter() - start)
+            times[name].append(fastest * 1e3)
     return times
 
 
@@ -282,19 +285,32 @@ def grid(forms, vocabs, ids_per_row):
 def run(forms, vocabs, ids_per_row, settings, columns=COLUMNS, progress=True):
     rng = np.random.default_rng(settings.seed)
     points = list(grid(forms, vocabs, ids_per_row))
-    bar = keras.utils.Progbar(len(points), unit_name="point") if progress else None
-    results = []
+    results, start = [], time.perf_counter()
     for i, (form, k, vocab) in enumerate(points):
         point = run_point(form, vocab, k, settings, columns, rng)
         results.append(point)
-        if bar is not None:
-            label = f"{form} k={k} V={vocab}"
-            bar.update(i + 1, values=[("last", 0)], finalize=False)
-            sys.stdout.write(f" {label}")
-            sys.stdout.flush()
-    if bar is not None:
-        print()
+        if progress:
+            ratio = point.get("auto_over_fastest")
+            _progress(
+                i + 1,
+                len(points),
+                time.perf_counter() - start,
+                f"{form} k={k} V={vocab:,}"
+                + (f", auto/faster {ratio:.2f}" if ratio else ""),
+            )
+    if progress:
+        sys.stdout.write("\n")
     return results
+
+
+def _progress(done, total, elapsed, label, width=30):
+    filled = width * done // total
+    eta = elapsed / done * (total - done)
+    bar = "=" * filled + ">" * (filled < width) + "." * (width - filled - 1)
+    sys.stdout.write(
+        f"\r{done}/{total} [{bar}] {elapsed:.0f}s, eta {eta:.0f}s - {label}\x1b[K"
+    )
+    sys.stdout.flush()
 
 
 def _fmt(ms):

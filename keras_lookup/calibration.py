@@ -141,9 +141,9 @@ def calibrate(
         crossover.setdefault(form, {})[str(k)] = scan["crossover"]
         measurements.append(scan)
         if verbose:
+            what = "single ids" if form == "single" else f"{form} bags of {k} ids"
             print(
-                f"{form:>6} bags of {k:>3} ids per row: matmul faster up to "
-                f"V ~ {scan['crossover']:,.0f}",
+                f"{what:>22}: matmul faster up to V ~ {scan['crossover']:,.0f}",
                 flush=True,
             )
     device = device_kind()
