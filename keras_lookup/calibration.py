@@ -69,18 +69,25 @@ def load_calibration(dtype="float32"):
     for candidate in dict.fromkeys([tf.as_dtype(dtype).name, "float32"]):
         path = calibration_path(candidate, device)
         if os.path.exists(path):
-            with open(path) as f:
-                record = json.load(f)
             note = "" if candidate == tf.as_dtype(dtype).name else f", for {dtype}"
-            return _cost_model.Calibration(
-                record["crossover"],
-                f"calibrated on this {device}{note}: {path}",
-            )
+            return _read(path, f"calibrated on this {device}{note}: {path}")
     if device == "CPU":
         return _cost_model.shipped_calibration()
     return _cost_model.shipped_calibration(
         f"; no calibration for {device} yet, run keras_lookup.calibrate()"
     )
+
+
+def _read(path, source):
+    try:
+        with open(path) as f:
+            return _cost_model.Calibration(json.load(f)["crossover"], source)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"Cannot read the keras_lookup calibration {path}: {error!r}. "
+            "Delete the file, or run `keras_lookup.calibrate()` again to "
+            f"rewrite it (or point {CACHE_DIR_ENV} elsewhere)."
+        ) from error
 
 
 def calibrate(

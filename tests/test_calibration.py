@@ -138,6 +138,18 @@ def test_layers_read_the_calibration_for_their_dtype():
     assert path16 in half.strategy_choice.reason
 
 
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"format": 1}', '{"crossover": {"single": 3}}']
+)
+def test_unreadable_calibration_names_the_file_and_the_fix(content):
+    path = write_calibration(CROSSOVERS)
+    with open(path, "w") as f:
+        f.write(content)
+    with pytest.raises(ValueError, match="Delete the file") as info:
+        keras_lookup.DimensionReducer(10, 2)
+    assert path in str(info.value)
+
+
 def test_model_saved_on_one_device_re_resolves_on_another(tmp_path):
     write_calibration({form: {"1": 10**7} for form in CROSSOVERS})
     inputs = keras.Input((None,), dtype="int32", ragged=True)
