@@ -156,8 +156,8 @@ def choose(vocab_size, form, ids_per_row, calibration):
         )
     if form != "bags":
         raise ValueError(f"Unknown form {form!r}")
-    smallest = min(cal.crossover(f, 1) for f in ("padded", "ragged"))
-    largest = max(cal.crossover(f, math.inf) for f in ("padded", "ragged"))
+    smallest = cal.crossover("ragged", 1)
+    largest = cal.crossover("ragged", math.inf)
     if vocab_size <= smallest:
         return StrategyChoice(
             "matmul",
@@ -182,44 +182,44 @@ def choose(vocab_size, form, ids_per_row, calibration):
 
 
 def batch_ids_per_row(inputs, multi_hot):
-    """`(ids, rows)` of one batch of bags, as tensors, or `None` if static.
-
-    Dense ids count their padded width: both strategies process padding.
-    """
+    """`(ids, rows)` of one batch of ragged, sparse or multi-hot bags."""
     if isinstance(inputs, tf.RaggedTensor):
         return tf.size(inputs.flat_values), inputs.nrows()
     if isinstance(inputs, tf.SparseTensor):
         return tf.size(inputs.values), inputs.dense_shape[0]
-    if multi_hot:
-        rows = tf.size(inputs) // tf.maximum(tf.shape(inputs)[-1], 1)
-        return tf.math.count_nonzero(inputs), rows
-    return None
+    rows = tf.size(inputs) // tf.maximum(tf.shape(inputs)[-1], 1)
+    return tf.math.count_nonzero(inputs), rows
 
 
 def use_matmul(choice, vocab_size, inputs, multi_hot, calibration):
-    """Python bool when the choice is static for these inputs, else a scalar
-    boolean tensor computed from the batch (never from a timing)."""
-    if choice.strategy != "per_batch":
-        return choice.strategy == "matmul"
-    counts = None if multi_hot else _static_width(inputs)
-    if counts is not None:
-        return choose(vocab_size, "padded", counts, calibration).strategy == "matmul"
-    counts = batch_ids_per_row(inputs, multi_hot)
-    if counts is None:  # dense ids whose width is only known at run time
+    """Whether a batch of bags takes matmul under `choice` (the `"bags"`
+    choice): a Python bool when that is static for these inputs, else a scalar
+    boolean tensor computed from the batch (never from a timing).
+
+    Ragged and sparse ids and multi-hot rows follow `choice`; dense ids follow
+    the padded crossovers, statically when their width is.
+    """
+    dense_ids = not multi_hot and not isinstance(
+        inputs, (tf.RaggedTensor, tf.SparseTensor)
+    )
+    if dense_ids:
+        width = inputs.shape[-1] if inputs.shape.rank else None
+        if width is not None:
+            picked = choose(vocab_size, "padded", width, calibration)
+            return picked.strategy == "matmul"
+        if vocab_size <= calibration.crossover("padded", 1):
+            return True
+        if vocab_size > calibration.crossover("padded", math.inf):
+            return False
         ids = tf.size(inputs)
         rows = ids // tf.maximum(tf.shape(inputs)[-1], 1)
         k = calibration.min_ids_per_row("padded", vocab_size)
+    elif choice.strategy != "per_batch":
+        return choice.strategy == "matmul"
     else:
-        (ids, rows), k = counts, choice.min_ids_per_row
+        (ids, rows), k = batch_ids_per_row(inputs, multi_hot), choice.min_ids_per_row
     ids = tf.cast(ids, tf.float64)
     return tf.logical_and(ids > 0, ids >= k * tf.cast(rows, tf.float64))
-
-
-def _static_width(inputs):
-    if isinstance(inputs, (tf.RaggedTensor, tf.SparseTensor)):
-        return None
-    width = inputs.shape[-1] if inputs.shape.rank else None
-    return width
 
 
 def per_batch(use_matmul, reduce):
