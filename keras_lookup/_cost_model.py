@@ -30,13 +30,15 @@ import tensorflow as tf
 FORMS = ("single", "padded", "ragged")
 
 # Crossovers V*(k) (matmul is as fast as gather at this vocabulary size) for
-# float32 on CPU, measured with `python -m keras_lookup.bench --calibrate`
-# (forward + backward, D=64, 256 rows of bags, 4,096 single ids, minima of
-# interleaved rounds) on a 2-core x86_64 CPU, TensorFlow 2.21, 2026-11-27.
+# float32 on CPU, measured with `python -m keras_lookup.bench --calibrate
+# --rounds 15` (forward + backward, D=64, 256 rows of bags, 4,096 single ids,
+# fastest calls of interleaved rounds) on a shared 2-core x86_64 CPU,
+# TensorFlow 2.21, 2026-11-27. For single ids the two are level (within ~5%)
+# up to V = 8; for dense bags of one id gather was never slower (V* = 1).
 CPU_DEFAULTS = {
-    "single": {1: 48.0},
-    "padded": {1: 48.0, 8: 512.0, 64: 2048.0},
-    "ragged": {1: 48.0, 8: 512.0, 64: 2048.0},
+    "single": {1: 8.0},
+    "padded": {1: 1.0, 8: 246.0, 64: 1029.0},
+    "ragged": {1: 17.0, 8: 359.0, 64: 1020.0},
 }
 CPU_DEFAULTS_SOURCE = "shipped CPU defaults (2-core x86_64, TensorFlow 2.21)"
 
@@ -222,15 +224,23 @@ def use_matmul(choice, vocab_size, inputs, multi_hot, calibration):
     return tf.logical_and(ids > 0, ids >= k * tf.cast(rows, tf.float64))
 
 
-def per_batch(use_matmul, reduce):
-    """`reduce("matmul")` or `reduce("gather")`, chosen by `use_matmul`.
+def per_batch(use_matmul, reduce, dense_table):
+    """`reduce(strategy, table)` with the strategy `use_matmul` picks.
 
-    A Python bool picks when tracing; a tensor picks per batch with
-    `tf.cond`, whose gradient stays an `IndexedSlices` on either side.
+    A Python bool picks when tracing (`table=None`: the layer reads its table
+    as that strategy wants). A tensor picks per batch with `tf.cond`, whose
+    gradient stays an `IndexedSlices` on either side; both branches then use
+    one dense read of the table, `dense_table()`, made outside them: reading
+    the variable inside the branches cost ~40 us more per training step on
+    CPU. The per-batch range only holds small tables, so the dense read is
+    cheap.
     """
     if isinstance(use_matmul, bool):
         return reduce("matmul" if use_matmul else "gather")
-    return tf.cond(use_matmul, lambda: reduce("matmul"), lambda: reduce("gather"))
+    table = dense_table()
+    return tf.cond(
+        use_matmul, lambda: reduce("matmul", table), lambda: reduce("gather", table)
+    )
 
 
 def with_bag_width(choice, vocab_size, width, calibration):

@@ -208,7 +208,9 @@ class DimensionReducer(keras.layers.Layer):
         bags = _lookup.bags_from_ids(
             inputs, weights, keep, self._check_ids, self.combiner, self.name
         )
-        return self._per_batch(inputs, lambda strategy: self._reduce(bags, strategy))
+        return self._per_batch(
+            inputs, lambda strategy, table=None: self._reduce(bags, strategy, table)
+        )
 
     def _multi_hot(self, inputs, weights):
         if weights is not None:
@@ -218,11 +220,11 @@ class DimensionReducer(keras.layers.Layer):
                 "the weights. Scale the multi-hot matrix instead."
             )
 
-        def reduce(strategy):
+        def reduce(strategy, table=None):
             bags = _lookup.bags_from_multi_hot(
                 inputs, self.vocab_size, self.combiner, self.name, strategy
             )
-            return self._reduce(bags, strategy)
+            return self._reduce(bags, strategy, table)
 
         return self._per_batch(inputs, reduce)
 
@@ -239,11 +241,13 @@ class DimensionReducer(keras.layers.Layer):
             self.input_format == "multi_hot",
             self._calibration,
         )
-        return _cost_model.per_batch(use_matmul, reduce)
+        dense_table = lambda: tf.cast(self.kernel, self.compute_dtype)  # noqa: E731
+        return _cost_model.per_batch(use_matmul, reduce, dense_table)
 
-    def _reduce(self, bags, strategy):
+    def _reduce(self, bags, strategy, table=None):
         combiner = self.combiner or "sum"
-        out = _lookup.reduce_bags(self._table(strategy), bags, combiner, strategy)
+        table = self._table(strategy) if table is None else table
+        out = _lookup.reduce_bags(table, bags, combiner, strategy)
         return tf.cast(out, self.compute_dtype)
 
     def _mask(self, inputs):
