@@ -245,8 +245,10 @@ def scan_crossover(form, k, vocabs, settings):
 def auto_pick(layer, inputs):
     """What the `"auto"` layer runs on `inputs`, `"gather"` or `"matmul"`."""
     choice = layer.strategy_choice
+    if layer.combiner is None:  # single ids: decided when the layer was made
+        return choice.strategy
     use = _cost_model.use_matmul(
-        choice, layer.vocab_size, inputs, False, layer._calibration
+        layer._choice, layer.vocab_size, inputs, False, layer._calibration
     )
     return "matmul" if bool(use) else "gather"
 

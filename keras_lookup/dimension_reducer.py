@@ -241,8 +241,9 @@ class DimensionReducer(keras.layers.Layer):
             self.input_format == "multi_hot",
             self._calibration,
         )
-        dense_table = lambda: tf.cast(self.kernel, self.compute_dtype)  # noqa: E731
-        return _cost_model.per_batch(use_matmul, reduce, dense_table)
+        return _cost_model.per_batch(
+            use_matmul, reduce, lambda: tf.cast(self.kernel, self.compute_dtype)
+        )
 
     def _reduce(self, bags, strategy, table=None):
         combiner = self.combiner or "sum"
