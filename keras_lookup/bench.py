@@ -424,7 +424,8 @@ QUICK = {
 def _parser():
     parser = argparse.ArgumentParser(
         prog="python -m keras_lookup.bench",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Timings depend on the machine and its load; compare columns "
         "within one run only.",
     )
@@ -442,7 +443,9 @@ def _parser():
         "store them (see keras_lookup.calibrate); --quick scans fewer points",
     )
     parser.add_argument("--out", default="bench_results", help="output directory")
-    parser.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
+    parser.add_argument(
+        "--forms", nargs="+", choices=FORMS, default=list(FORMS), help="input forms"
+    )
     parser.add_argument(
         "--vocabs",
         nargs="+",
@@ -477,7 +480,7 @@ def _parser():
         default=2**25,
         help="skip one-hot columns when rows x V exceeds this (memory, time)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random ids")
     parser.add_argument(
         "--no-plot", action="store_true", help="skip the PNG plots (no matplotlib)"
     )
