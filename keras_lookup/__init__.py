@@ -1,7 +1,8 @@
 """Keras 3 layers that turn integer ids into dense vectors.
 
 `Embedding` gathers rows, `Dense` multiplies (dense or sparse inputs), and
-`DimensionReducer` does either with the same weight, picking the faster one.
+`DimensionReducer` does either with the same weight, picking the faster one
+(`calibrate()` measures which is faster on this device).
 """
 
 import keras
@@ -15,6 +16,7 @@ if keras.backend.backend() != "tensorflow":
     )
 
 from keras_lookup import optimizers  # noqa: E402
+from keras_lookup.calibration import calibrate  # noqa: E402
 from keras_lookup.dense import Dense  # noqa: E402
 from keras_lookup.dimension_reducer import DimensionReducer  # noqa: E402
 from keras_lookup.embedding import Embedding  # noqa: E402
@@ -22,6 +24,7 @@ from keras_lookup.saving import load_state, save_model, save_state  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
+    "calibrate",
     "Dense",
     "DimensionReducer",
     "Embedding",

@@ -89,16 +89,26 @@ class LookupBase(keras.layers.Embedding):
 
     def _lookup_ids(self, inputs, weights, mask, strategy):
         """One vector per id, or per bag with a combiner, in float32."""
-        table = table_reader(self)
         if self.combiner is None:
             return _lookup.lookup(
-                table, inputs, weights, strategy, self._check_ids, self.name
+                table_reader(self),
+                inputs,
+                weights,
+                strategy,
+                self._check_ids,
+                self.name,
             )
+        return self._reduce(self._bags_from_ids(inputs, weights, mask), strategy)
+
+    def _bags_from_ids(self, inputs, weights, mask):
         keep = _lookup.padding_keep(inputs, mask, self.mask_zero)
-        bags = _lookup.bags_from_ids(
+        return _lookup.bags_from_ids(
             inputs, weights, keep, self._check_ids, self.combiner, self.name
         )
-        return _lookup.reduce_bags(table, bags, self.combiner, strategy)
+
+    def _reduce(self, bags, strategy, table=None):
+        table = table_reader(self) if table is None else table
+        return _lookup.reduce_bags(table, bags, self.combiner or "sum", strategy)
 
     def _id_mask(self, inputs):
         if not self.mask_zero or self.combiner is not None:
@@ -119,8 +129,12 @@ class LookupBase(keras.layers.Embedding):
         return keras.KerasTensor(shape, dtype=self.compute_dtype, ragged=ragged)
 
 
-def table_reader(layer):
-    """A `_lookup.TableReader` over `layer`'s table in its current state."""
+def table_reader(layer, read_once=False):
+    """A `_lookup.TableReader` over `layer`'s table in its current state.
+
+    With `read_once`, a float table is read densely, once, here: cheaper than
+    reading the variable in both branches of a per-batch `tf.cond`.
+    """
     mode = layer.quantization_mode
     lora = None
     if layer.lora_enabled:
@@ -131,6 +145,8 @@ def table_reader(layer):
         )
     if mode is None:
         table = _layer_utils.sparse_readable(layer._embeddings)
+        if read_once:
+            table = tf.convert_to_tensor(table)
         return _lookup.TableReader(table, layer.input_dim, layer.output_dim, lora=lora)
     if mode not in ("int8", "int4"):
         raise NotImplementedError(

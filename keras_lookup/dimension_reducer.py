@@ -1,7 +1,7 @@
 import keras
 import tensorflow as tf
 
-from keras_lookup import _base, _checks, _layer_utils, _lookup
+from keras_lookup import _base, _checks, _cost_model, _layer_utils, _lookup, calibration
 
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
@@ -16,8 +16,11 @@ class DimensionReducer(_base.LookupBase):
     `kernel` `(vocab_size, units)` and `bias` `(units,)`, so a model saved with
     one strategy loads and runs with the other. Unlike an embedding it can add a
     bias and apply an activation. `"auto"` picks the strategy that measured
-    faster on CPU (see `keras_lookup._lookup.resolve_strategy`): matmul for tiny
-    vocabularies and for bags over small vocabularies, gather otherwise.
+    faster on this device (`keras_lookup.calibrate()`; shipped CPU defaults
+    otherwise): matmul for tiny vocabularies and for bags of many ids over
+    small ones, gather for large tables. Where the bag size is only known per
+    batch (ragged, sparse, multi-hot) it is chosen per batch inside the graph
+    from the batch's ids per row; `layer.strategy_choice` says what and why.
 
     Ids are validated as in `keras_lookup.Embedding`: anything but an integer
     in `[0, vocab_size)` raises, in either strategy. Like it, the layer builds
@@ -30,7 +33,9 @@ class DimensionReducer(_base.LookupBase):
         vocab_size: Integer. Size of the vocabulary: ids lie in
             `[0, vocab_size)`.
         units: Integer. Number of output features.
-        strategy: String, one of `"auto"`, `"gather"`, `"matmul"`.
+        strategy: String, one of `"auto"`, `"gather"`, `"matmul"`. `"auto"`
+            is resolved on the device that builds the layer; `get_config`
+            keeps `"auto"`.
         activation: Activation function (name or callable); `None` is linear.
         use_bias: Boolean. Whether to add a bias vector.
         kernel_initializer: Initializer for `kernel`.
@@ -153,8 +158,14 @@ class DimensionReducer(_base.LookupBase):
         if self._bags:
             self.supports_masking = True
         self._strategy = strategy
+        self._calibration = None
+        self._choice = _cost_model.StrategyChoice(strategy, "set by the user")
+        self._bag_width = None
         if strategy == "auto":
-            self._strategy = _lookup.resolve_strategy(vocab_size, self._bags)
+            self._calibration = calibration.load_calibration(self.compute_dtype)
+            form = "bags" if self._bags else "single"
+            self._choice = _cost_model.choose(vocab_size, form, None, self._calibration)
+            self._strategy = self._choice.strategy
 
     # Keras's Embedding names the constructor arguments and the table after
     # embeddings; this layer keeps Dense's names (those of 0.1's files).
@@ -174,12 +185,8 @@ class DimensionReducer(_base.LookupBase):
     def build(self, input_shape=None):
         if self.built:
             return
-        if self.strategy == "auto" and self.input_format == "ids" and self._bags:
-            # Bags whose size is known up front refine the choice.
-            ids_per_row = None if input_shape is None else input_shape[-1]
-            self._strategy = _lookup.resolve_strategy(
-                self.vocab_size, True, ids_per_row
-            )
+        if self.input_format == "ids" and self._bags and input_shape is not None:
+            self._bag_width = input_shape[-1]
         # Keras's build ends by enabling LoRA, which locks the layer's state;
         # the bias comes first, in 0.1's weight order (kernel, bias).
         lora_rank, self.lora_rank = self.lora_rank, None
@@ -204,9 +211,27 @@ class DimensionReducer(_base.LookupBase):
             return spec
         return {mode: [*names, "bias"] for mode, names in spec.items()}
 
+    @property
+    def strategy_choice(self):
+        """What `strategy` resolves to on this device, and why.
+
+        A `StrategyChoice(strategy, reason, min_ids_per_row)`; `strategy` is
+        `"gather"`, `"matmul"` or `"per_batch"`.
+        """
+        if self.strategy != "auto":
+            return self._choice
+        return _cost_model.with_bag_width(
+            self._choice, self.vocab_size, self._bag_width, self._calibration
+        )
+
     def call(self, inputs, weights=None, mask=None):
         if self.input_format == "multi_hot":
             out = self._multi_hot(inputs, weights)
+        elif self.combiner is not None:
+            bags = self._bags_from_ids(inputs, weights, mask)
+            out = self._per_batch(
+                inputs, lambda strategy, table=None: self._reduce(bags, strategy, table)
+            )
         else:
             out = self._lookup_ids(inputs, weights, mask, self._strategy)
         out = tf.cast(out, self.compute_dtype)
@@ -221,11 +246,31 @@ class DimensionReducer(_base.LookupBase):
                 '`input_format="multi_hot"`, where the matrix entries already are '
                 "the weights. Scale the multi-hot matrix instead."
             )
-        bags = _lookup.bags_from_multi_hot(
-            inputs, self.vocab_size, self.combiner, self.name, self._strategy
+
+        def reduce(strategy, table=None):
+            bags = _lookup.bags_from_multi_hot(
+                inputs, self.vocab_size, self.combiner, self.name, strategy
+            )
+            return self._reduce(bags, strategy, table)
+
+        return self._per_batch(inputs, reduce)
+
+    def _per_batch(self, inputs, reduce):
+        # `reduce(strategy)`; under "auto", with the strategy the cost model
+        # picks for this batch's ids per row (a `tf.cond` when that is only
+        # known at run time).
+        if self.strategy != "auto":
+            return reduce(self._strategy)
+        use_matmul = _cost_model.use_matmul(
+            self._choice,
+            self.vocab_size,
+            inputs,
+            self.input_format == "multi_hot",
+            self._calibration,
         )
-        table = _base.table_reader(self)
-        return _lookup.reduce_bags(table, bags, self.combiner or "sum", self._strategy)
+        return _cost_model.per_batch(
+            use_matmul, reduce, lambda: _base.table_reader(self, read_once=True)
+        )
 
     def compute_mask(self, inputs, mask=None):
         if self.input_format == "multi_hot":

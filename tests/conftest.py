@@ -15,3 +15,12 @@ def _float32_policy_and_seed():
     keras.mixed_precision.set_global_policy("float32")
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(autouse=True)
+def _calibration_cache(tmp_path, monkeypatch):
+    """Every test gets an empty calibration cache of its own, so that
+    `strategy="auto"` never reads the user's calibration (shipped defaults)."""
+    cache = tmp_path / "keras_lookup_cache"
+    monkeypatch.setenv("KERAS_LOOKUP_CACHE_DIR", str(cache))
+    return cache

@@ -329,3 +329,29 @@ def test_ragged_and_sparse_bags_train_in_a_functional_model(form):
     history = model.fit(data, epochs=5, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert np.all(np.isfinite(model.predict(data, verbose=0)))
+
+
+@pytest.mark.parametrize("layer_kind", LAYERS)
+@pytest.mark.parametrize(
+    "bags",
+    [[[3, 1], [4], [], []], [[], [], []], [[5, 99], [99]]],
+    ids=["trailing_empty", "all_empty", "trailing_all_invalid"],
+)
+def test_ragged_bags_with_trailing_empty_rows(layer_kind, bags):
+    # Ragged bags are summed with the sorted segment kernel, which leaves
+    # trailing empty bags out; they must still come back as zero rows. Id 99
+    # is invalid and dropped (invalid_ids="zeros"), emptying the last bag.
+    if layer_kind == "embedding":
+        layer = keras_lookup.Embedding(VOCAB, DIM, combiner="sum", invalid_ids="zeros")
+    else:
+        layer = keras_lookup.DimensionReducer(
+            VOCAB, DIM, strategy=layer_kind, combiner="sum", invalid_ids="zeros"
+        )
+    layer.build()
+    layer.set_weights([TABLE])
+    ids = tf.ragged.constant(bags, dtype=tf.int32, ragged_rank=1)
+    expected = np.array(
+        [TABLE[[i for i in b if i < VOCAB]].sum(0) for b in bags], "float32"
+    ).reshape(len(bags), DIM)
+    for call in (layer, tf.function(layer)):
+        np.testing.assert_allclose(call(ids), expected, rtol=1e-6, atol=1e-6)

@@ -1,3 +1,4 @@
+import collections
 import os
 
 import keras
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import run_layer_test
+from test_calibration import CROSSOVERS, write_calibration
 
 import keras_lookup
 
@@ -36,26 +38,161 @@ def test_layer_basics(strategy, extra, input_data, expected_shape, n_weights):
 
 
 @pytest.mark.parametrize(
-    "vocab_size, combiner, expected",
+    "vocab_size, combiner, input_format, expected",
     [
-        (8, None, "matmul"),
-        (1000, None, "gather"),
-        (200, "sum", "matmul"),
-        (100_000, "mean", "gather"),
+        (8, None, "ids", "matmul"),
+        (1000, None, "ids", "gather"),
+        (8, "sum", "ids", "matmul"),
+        (200, "sum", "ids", "per_batch"),
+        (200, None, "multi_hot", "per_batch"),
+        (100_000, "mean", "ids", "gather"),
     ],
 )
-def test_auto_resolves_privately_and_config_keeps_auto(vocab_size, combiner, expected):
-    layer = keras_lookup.DimensionReducer(vocab_size, 4, combiner=combiner)
-    assert layer._strategy == expected
+def test_auto_resolves_privately_and_config_keeps_auto(
+    vocab_size, combiner, input_format, expected
+):
+    write_calibration(CROSSOVERS)
+    layer = keras_lookup.DimensionReducer(
+        vocab_size, 4, combiner=combiner, input_format=input_format
+    )
+    assert layer.strategy_choice.strategy == expected
     assert layer.get_config()["strategy"] == "auto"
+    clone = keras_lookup.DimensionReducer.from_config(layer.get_config())
+    assert clone.strategy_choice == layer.strategy_choice
 
 
-def test_auto_refines_with_known_bag_size():
+def test_auto_decides_at_build_when_the_bag_size_is_static():
+    write_calibration(CROSSOVERS)  # V* = 256 at 8 ids per row, 4,096 at 64
     small_bags = keras_lookup.DimensionReducer(2048, 4, combiner="sum")
     small_bags.build((None, 8))
     large_bags = keras_lookup.DimensionReducer(2048, 4, combiner="sum")
     large_bags.build((None, 64))
-    assert (small_bags._strategy, large_bags._strategy) == ("gather", "matmul")
+    assert small_bags.strategy_choice.strategy == "gather"
+    assert large_bags.strategy_choice.strategy == "matmul"
+    assert "dense bags of 64 ids per row" in large_bags.strategy_choice.reason
+    assert "decided per batch" in large_bags.strategy_choice.reason
+
+
+def test_strategy_choice_is_read_only_and_names_explicit_strategies():
+    layer = keras_lookup.DimensionReducer(10, 2, strategy="gather")
+    assert layer.strategy_choice.strategy == "gather"
+    with pytest.raises(AttributeError):
+        layer.strategy_choice = "matmul"
+
+
+PER_BATCH_VOCAB = 1024  # k* = 22.6 ids per row under CROSSOVERS
+PER_BATCH_FORMS = ("ragged", "sparse", "dense_unknown_width", "multi_hot")
+
+
+def _batch(form, k, rows=5, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = np.stack(
+        [rng.choice(PER_BATCH_VOCAB, size=k, replace=False) for _ in range(rows)]
+    ).astype("int32")
+    if form == "ragged":
+        return tf.RaggedTensor.from_tensor(tf.constant(ids))
+    if form == "sparse":
+        indices = np.argwhere(np.ones_like(ids))
+        return tf.SparseTensor(indices, ids.reshape(-1), ids.shape)
+    if form == "multi_hot":
+        dense = np.zeros((rows, PER_BATCH_VOCAB), "float32")
+        np.put_along_axis(dense, ids, 1.0, axis=1)
+        return tf.constant(dense)
+    return tf.constant(ids)
+
+
+def _reducer(strategy, form, seed=0):
+    keras.utils.set_random_seed(seed)
+    multi_hot = form == "multi_hot"
+    layer = keras_lookup.DimensionReducer(
+        PER_BATCH_VOCAB,
+        3,
+        strategy=strategy,
+        combiner=None if multi_hot else "sum",
+        input_format="multi_hot" if multi_hot else "ids",
+        kernel_initializer="glorot_uniform",
+    )
+    layer.build()
+    return layer
+
+
+def _signature(form, batch):
+    if form == "dense_unknown_width":
+        return [tf.TensorSpec([None, None], tf.int32)]
+    return None
+
+
+def _step(layer, batch, form, graph):
+    def step(x):
+        with tf.GradientTape() as tape:
+            out = layer(x)
+            loss = tf.reduce_sum(out * tf.range(1.0, 4.0))
+        return out, tape.gradient(loss, layer.kernel.value)
+
+    if graph:
+        step = tf.function(step, input_signature=_signature(form, batch))
+    return step(batch)
+
+
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
+@pytest.mark.parametrize("form", PER_BATCH_FORMS)
+@pytest.mark.parametrize("k, side", [(1, "gather"), (8, "gather"), (40, "matmul")])
+def test_per_batch_picks_each_side_with_the_same_numbers(form, k, side, graph):
+    write_calibration(CROSSOVERS)
+    auto = _reducer("auto", form)
+    assert auto.strategy_choice.strategy == "per_batch"
+    batch = _batch(form, k)
+    out, grad = _step(auto, batch, form, graph)
+    # Which side ran shows in the gradient: a gather's lists the rows looked
+    # up, a matmul's covers the whole table (dense, or every row once the
+    # graph's `tf.cond` has merged it with the gather side's IndexedSlices).
+    if side == "gather":
+        assert isinstance(grad, tf.IndexedSlices)
+        assert grad.indices.shape[0] == 5 * k
+    elif graph:
+        assert isinstance(grad, tf.IndexedSlices)
+        assert grad.indices.shape[0] == PER_BATCH_VOCAB
+    else:
+        assert isinstance(grad, tf.Tensor)
+    for strategy in ("gather", "matmul"):
+        fixed = _reducer(strategy, form)
+        fixed.set_weights(auto.get_weights())
+        expected_out, expected_grad = _step(fixed, batch, form, graph)
+        np.testing.assert_allclose(out, expected_out, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(grad),
+            tf.convert_to_tensor(expected_grad),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
+def _op_types(layer, spec):
+    graph = tf.function(layer.call).get_concrete_function(spec).graph
+    return collections.Counter(op.type for op in graph.get_operations())
+
+
+def test_per_batch_branches_only_where_the_bag_size_is_unknown():
+    write_calibration(CROSSOVERS)
+    auto = _reducer("auto", "ragged")
+    ragged = tf.RaggedTensorSpec([None, None], tf.int32)
+    gather = _op_types(_reducer("gather", "ragged"), ragged)
+    branched = _op_types(auto, ragged)
+    assert (
+        branched["StatelessIf"] + branched["If"] > gather["StatelessIf"] + gather["If"]
+    )
+    # Dense bags of a static width: the same graph as the strategy picked.
+    for width, side in [(8, "gather"), (40, "matmul")]:
+        spec = tf.TensorSpec([None, width], tf.int32)
+        assert _op_types(auto, spec) == _op_types(_reducer(side, "ragged"), spec)
+    large = keras_lookup.DimensionReducer(100_000, 3, combiner="sum")
+    large.build()
+    assert large.strategy_choice.strategy == "gather"
+    large_gather = keras_lookup.DimensionReducer(
+        100_000, 3, combiner="sum", strategy="gather"
+    )
+    large_gather.build()
+    assert _op_types(large, ragged) == _op_types(large_gather, ragged)
 
 
 def test_weights_do_not_depend_on_strategy(tmp_path):

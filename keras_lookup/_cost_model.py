@@ -1,0 +1,256 @@
+"""How `strategy="auto"` picks gather or matmul: a cost model fed by measurements.
+
+One-hot (or multi-hot) matmul costs O(rows · V · D) forward and backward; a
+gather costs O(ids · D). So for a bag of k ids per row the two meet at a
+vocabulary size V*(k) that grows with k, and for single ids (one id per
+position) at a fixed V*. A calibration is those crossovers, measured on one
+device by `keras_lookup.calibrate()` (or shipped: `CPU_DEFAULTS`) for three
+input forms:
+
+- `"single"`: one id per position (no combiner), k = 1;
+- `"padded"`: dense `(rows, k)` bags, k known from the shape;
+- `"ragged"`: ragged or sparse bags, and multi-hot rows, with a varying number
+  of ids per row (summed with segment sums).
+
+Between measured bag sizes V*(k) is interpolated linearly in log k / log V,
+and it is held flat beyond the smallest and largest measured k (so a table
+larger than every measured crossover always gathers and keeps its row-sparse
+gradient). Where the bag size is known when the layer is built, the choice is
+made then; for ragged, sparse and multi-hot bags it is made per batch inside
+the graph: matmul when the batch's ids per row, `ids / rows`, reach `k*(V)`,
+the bag size at which V*(k) = V. Nothing here times anything: for a given
+calibration every choice is a pure function of its arguments.
+"""
+
+import math
+from typing import NamedTuple
+
+import tensorflow as tf
+
+FORMS = ("single", "padded", "ragged")
+
+# Crossovers V*(k) (matmul is as fast as gather at this vocabulary size) for
+# float32 on CPU, measured with `python -m keras_lookup.bench --calibrate
+# --rounds 15` (forward + backward, D=64, 256 rows of bags, 4,096 single ids,
+# fastest calls of interleaved rounds) on a shared 2-core x86_64 CPU,
+# TensorFlow 2.21, 2026-11-27. For single ids the two are level (within ~5%)
+# up to V = 8; for dense bags of one id gather was never slower (V* = 1).
+CPU_DEFAULTS = {
+    "single": {1: 8.0},
+    "padded": {1: 1.0, 8: 246.0, 64: 1029.0},
+    "ragged": {1: 17.0, 8: 359.0, 64: 1020.0},
+}
+CPU_DEFAULTS_SOURCE = "shipped CPU defaults (2-core x86_64, TensorFlow 2.21)"
+
+
+class StrategyChoice(NamedTuple):
+    """What `strategy="auto"` picked, and why.
+
+    `strategy` is `"gather"`, `"matmul"` or `"per_batch"` (decided for each
+    batch from its ids per row: matmul when they reach `min_ids_per_row`).
+    """
+
+    strategy: str
+    reason: str
+    min_ids_per_row: float | None = None
+
+
+class Calibration:
+    """Crossovers `{form: {ids_per_row: V*}}` and where they come from."""
+
+    def __init__(self, crossovers, source):
+        self.source = source
+        self.crossovers = {}
+        for form, points in crossovers.items():
+            if form not in FORMS:
+                raise ValueError(
+                    f"Calibration form must be one of {FORMS}. Received: {form!r}"
+                )
+            ks = sorted(float(k) for k in points)
+            if not ks or ks[0] <= 0:
+                raise ValueError(
+                    f"Calibration for {form!r} needs positive ids per row. "
+                    f"Received: {sorted(points)}"
+                )
+            by_k = {float(k): float(v) for k, v in points.items()}
+            # Matmul's cost per row does not fall as bags grow, so neither can
+            # the crossover; a dip is measurement noise.
+            vocabs = []
+            for k in ks:
+                vocabs.append(max([by_k[k], *vocabs[-1:]]))
+            self.crossovers[form] = (tuple(ks), tuple(vocabs))
+        missing = [form for form in FORMS if form not in self.crossovers]
+        if missing:
+            raise ValueError(f"Calibration lacks the forms {missing}.")
+
+    def crossover(self, form, ids_per_row):
+        """V*(k): the vocabulary size up to which matmul is the faster."""
+        ks, vocabs = self.crossovers[form]
+        k = float(ids_per_row)
+        if k <= ks[0]:
+            return vocabs[0]
+        if k >= ks[-1]:
+            return vocabs[-1]
+        if k in ks:
+            return vocabs[ks.index(k)]
+        i = next(i for i in range(len(ks) - 1) if ks[i] <= k <= ks[i + 1])
+        t = math.log(k / ks[i]) / math.log(ks[i + 1] / ks[i])
+        return math.exp(math.log(vocabs[i]) + t * math.log(vocabs[i + 1] / vocabs[i]))
+
+    def min_ids_per_row(self, form, vocab_size):
+        """k*(V): the fewest ids per row at which matmul wins at this V.
+
+        0 when matmul wins even for the smallest measured bags, `inf` when V is
+        above every measured crossover.
+        """
+        ks, vocabs = self.crossovers[form]
+        if vocab_size <= vocabs[0]:
+            return 0.0
+        if vocab_size > vocabs[-1]:
+            return math.inf
+        if vocab_size in vocabs:
+            return ks[vocabs.index(vocab_size)]
+        for i in range(len(ks) - 1):
+            lo, hi = vocabs[i], vocabs[i + 1]
+            if lo < vocab_size <= hi:
+                t = math.log(vocab_size / lo) / math.log(hi / lo)
+                return math.exp(math.log(ks[i]) + t * math.log(ks[i + 1] / ks[i]))
+        raise AssertionError("unreachable: the crossovers are non-decreasing")
+
+    def describe(self, form):
+        ks, vocabs = self.crossovers[form]
+        points = ", ".join(
+            f"V*={v:,.0f} at {k:g} ids per row" for k, v in zip(ks, vocabs, strict=True)
+        )
+        return f"{form} crossovers {points}; {self.source}"
+
+
+def shipped_calibration(note=""):
+    return Calibration(CPU_DEFAULTS, CPU_DEFAULTS_SOURCE + note)
+
+
+def choose(vocab_size, form, ids_per_row, calibration):
+    """Resolves `"auto"`: a `StrategyChoice` for one layer.
+
+    `form` is `"single"` (no combiner), `"padded"` with a known `ids_per_row`,
+    or `"bags"` when the bag size is only known per batch (ragged, sparse,
+    multi-hot, or dense ids whose last axis is not static).
+    """
+    cal = calibration
+    if form == "single":
+        limit = cal.crossover("single", 1)
+        side = "matmul" if vocab_size <= limit else "gather"
+        sign = "<=" if side == "matmul" else ">"
+        return StrategyChoice(
+            side,
+            f"{side}: one id per position and vocab_size={vocab_size:,} {sign} "
+            f"{limit:,.0f}, the measured crossover ({cal.source})",
+        )
+    if form == "padded":
+        limit = cal.crossover("padded", ids_per_row)
+        side = "matmul" if vocab_size <= limit else "gather"
+        sign = "<=" if side == "matmul" else ">"
+        return StrategyChoice(
+            side,
+            f"{side}: dense bags of {ids_per_row} ids per row and "
+            f"vocab_size={vocab_size:,} {sign} {limit:,.0f}, the crossover for "
+            f"that bag size ({cal.describe('padded')})",
+        )
+    if form != "bags":
+        raise ValueError(f"Unknown form {form!r}")
+    smallest = cal.crossover("ragged", 1)
+    largest = cal.crossover("ragged", math.inf)
+    if vocab_size <= smallest:
+        return StrategyChoice(
+            "matmul",
+            f"matmul: vocab_size={vocab_size:,} <= {smallest:,.0f}, where matmul "
+            f"is faster even for bags of one id ({cal.describe('ragged')})",
+        )
+    if vocab_size > largest:
+        return StrategyChoice(
+            "gather",
+            f"gather: vocab_size={vocab_size:,} > {largest:,.0f}, above every "
+            "measured crossover, so every batch gathers and the gradient stays "
+            f"row-sparse ({cal.describe('ragged')})",
+        )
+    k = cal.min_ids_per_row("ragged", vocab_size)
+    return StrategyChoice(
+        "per_batch",
+        f"per batch: at vocab_size={vocab_size:,} a batch of bags takes matmul "
+        f"when it averages >= {k:.3g} ids per row, gather otherwise "
+        f"({cal.describe('ragged')})",
+        min_ids_per_row=k,
+    )
+
+
+def batch_ids_per_row(inputs, multi_hot):
+    """`(ids, rows)` of one batch of ragged, sparse or multi-hot bags."""
+    if isinstance(inputs, tf.RaggedTensor):
+        return tf.size(inputs.flat_values), inputs.nrows()
+    if isinstance(inputs, tf.SparseTensor):
+        return tf.size(inputs.values), inputs.dense_shape[0]
+    rows = tf.size(inputs) // tf.maximum(tf.shape(inputs)[-1], 1)
+    return tf.math.count_nonzero(inputs), rows
+
+
+def use_matmul(choice, vocab_size, inputs, multi_hot, calibration):
+    """Whether a batch of bags takes matmul under `choice` (the `"bags"`
+    choice): a Python bool when that is static for these inputs, else a scalar
+    boolean tensor computed from the batch (never from a timing).
+
+    Ragged and sparse ids and multi-hot rows follow `choice`; dense ids follow
+    the padded crossovers, statically when their width is.
+    """
+    dense_ids = not multi_hot and not isinstance(
+        inputs, (tf.RaggedTensor, tf.SparseTensor)
+    )
+    if dense_ids:
+        width = inputs.shape[-1] if inputs.shape.rank else None
+        if width is not None:
+            picked = choose(vocab_size, "padded", width, calibration)
+            return picked.strategy == "matmul"
+        if vocab_size <= calibration.crossover("padded", 1):
+            return True
+        if vocab_size > calibration.crossover("padded", math.inf):
+            return False
+        ids = tf.size(inputs)
+        rows = ids // tf.maximum(tf.shape(inputs)[-1], 1)
+        k = calibration.min_ids_per_row("padded", vocab_size)
+    elif choice.strategy != "per_batch":
+        return choice.strategy == "matmul"
+    else:
+        (ids, rows), k = batch_ids_per_row(inputs, multi_hot), choice.min_ids_per_row
+    ids = tf.cast(ids, tf.float64)
+    return tf.logical_and(ids > 0, ids >= k * tf.cast(rows, tf.float64))
+
+
+def per_batch(use_matmul, reduce, dense_table):
+    """`reduce(strategy, table)` with the strategy `use_matmul` picks.
+
+    A Python bool picks when tracing (`table=None`: the layer reads its table
+    as that strategy wants). A tensor picks per batch with `tf.cond`, whose
+    gradient stays an `IndexedSlices` on either side; both branches then use
+    one dense read of the table, `dense_table()`, made outside them: reading
+    the variable inside the branches cost ~40 us more per training step on
+    CPU. The per-batch range only holds small tables, so the dense read is
+    cheap.
+    """
+    if isinstance(use_matmul, bool):
+        return reduce("matmul" if use_matmul else "gather")
+    table = dense_table()
+    return tf.cond(
+        use_matmul, lambda: reduce("matmul", table), lambda: reduce("gather", table)
+    )
+
+
+def with_bag_width(choice, vocab_size, width, calibration):
+    """The choice as a built layer reports it: a per-batch choice becomes
+    static for dense bags whose width the build shape fixed."""
+    if choice.strategy != "per_batch" or width is None:
+        return choice
+    dense = choose(vocab_size, "padded", width, calibration)
+    return StrategyChoice(
+        dense.strategy,
+        f"{dense.reason}. Ragged or sparse bags are decided per batch: {choice.reason}",
+        choice.min_ids_per_row,
+    )

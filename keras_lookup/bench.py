@@ -1,0 +1,572 @@
+"""Lookup vs matmul on this device: `python -m keras_lookup.bench --help`.
+
+Times one training-style step (forward pass, then the gradient with respect to
+the table, in the form an optimizer receives it: row-sparse for a gather,
+dense for a matmul) of each way to turn ids into vectors, over a grid of
+vocabulary sizes V and input forms:
+
+- single ids: `rows x seq_len` ids, one vector per id;
+- padded bags: dense `(rows, k)` ids, each row summed (`combiner="sum"`);
+- ragged bags: `tf.RaggedTensor` rows of about k ids (k/2 to 3k/2), summed.
+
+Columns: `keras.layers.Embedding` (plus a sum for bags) and
+`keras.layers.Dense` on a one-hot / bag-count matrix, Keras's own layers, as
+baselines; `keras_lookup.DimensionReducer` with `strategy="gather"`,
+`"matmul"` and `"auto"`. At each point every column is traced and warmed up,
+then timed in interleaved rounds (each round runs every column, in a rotating
+order, for a few milliseconds, and keeps its fastest call); the table reports
+the minimum over rounds (the median over rounds is in results.json).
+Outputs, under `--out`: `results.json`, `results.md`, and one plot per form
+(`lookup_<form>.png`: time vs V, a line per column, a panel per ids-per-row,
+the measured crossover marked).
+
+`--calibrate` instead measures the crossovers `strategy="auto"` uses and stores
+them for this device (see `keras_lookup.calibrate`).
+
+    python -m keras_lookup.bench --quick --out /tmp/bench   # under 2 minutes
+    python -m keras_lookup.bench --out bench                # the full grid
+    python -m keras_lookup.bench --forms ragged --vocabs 4 1024 65536
+    python -m keras_lookup.bench --calibrate
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_lookup  # noqa: E402
+from keras_lookup import _cost_model, calibration  # noqa: E402
+
+FORMS = ("single", "padded", "ragged")
+COLUMNS = ("keras Embedding", "keras Dense", "gather", "matmul", "auto")
+# Columns that build a (rows, V) one-hot or count matrix.
+ONE_HOT_COLUMNS = ("keras Dense", "matmul")
+
+
+@dataclasses.dataclass
+class Settings:
+    dim: int = 64
+    rows: int = 256
+    single_ids: int = 4096
+    dtype: str = "float32"
+    rounds: int = 21
+    round_ms: float = 5.0
+    max_one_hot: int = 2**25
+    seed: int = 0
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def make_inputs(form, vocab, k, settings, rng):
+    """One batch of ids for `form` (`k` ids per row for bags)."""
+    if form == "single":
+        seq_len = max(1, settings.single_ids // settings.rows)
+        shape = (settings.rows, seq_len)
+        return tf.constant(rng.integers(0, vocab, size=shape), tf.int32)
+    if form == "padded":
+        shape = (settings.rows, k)
+        return tf.constant(rng.integers(0, vocab, size=shape), tf.int32)
+    lengths = rng.integers(max(1, k // 2), k + k // 2 + 1, size=settings.rows)
+    ids = rng.integers(0, vocab, size=int(lengths.sum()))
+    return tf.RaggedTensor.from_row_lengths(
+        tf.constant(ids, tf.int32), tf.constant(lengths, tf.int64)
+    )
+
+
+def _rows_of(inputs):
+    if isinstance(inputs, tf.RaggedTensor):
+        return int(inputs.nrows())
+    return int(np.prod(inputs.shape[:-1])) if inputs.shape.rank > 1 else 1
+
+
+def _one_hot_rows(form, inputs):
+    return int(tf.size(inputs)) if form == "single" else _rows_of(inputs)
+
+
+def _touch(gradient):
+    # What an optimizer reads: the rows of a row-sparse gradient, or all of a
+    # dense one.
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.reduce_sum(gradient.values)
+    return tf.reduce_sum(gradient)
+
+
+def _step(forward, variables, inputs):
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            out = forward(x)
+            loss = tf.reduce_sum(tf.cast(out, tf.float32) ** 2)
+        return [_touch(g) for g in tape.gradient(loss, variables)]
+
+    # The batch is an argument, not a captured constant: as in training,
+    # nothing about it can be folded into the graph.
+    return lambda: [g.numpy() for g in step(inputs)]
+
+
+def make_column(column, form, vocab, k, settings, inputs):
+    """`(step, layer)` for one column at one grid point."""
+    dim, dtype = settings.dim, settings.dtype
+    bags = form != "single"
+    if column == "keras Embedding":
+        layer = keras.layers.Embedding(vocab, dim, dtype=dtype)
+        layer.build()
+
+        def forward(x):
+            out = layer(x)
+            return tf.reduce_sum(out, axis=1) if bags else out
+
+    elif column == "keras Dense":
+        layer = keras.layers.Dense(dim, use_bias=False, dtype=dtype)
+        layer.build((None, vocab))
+
+        def forward(x):
+            if bags:
+                counts = tf.math.bincount(
+                    x, minlength=vocab, maxlength=vocab, axis=-1, dtype=tf.float32
+                )
+                return layer(tf.reshape(counts, [-1, vocab]))
+            return layer(tf.one_hot(x, vocab))
+
+    else:
+        layer = keras_lookup.DimensionReducer(
+            vocab,
+            dim,
+            strategy=column,
+            combiner="sum" if bags else None,
+            dtype=dtype,
+        )
+        layer.build((None, k if form == "padded" else None))
+        forward = layer
+    return _step(forward, layer.trainable_variables, inputs), layer
+
+
+def time_interleaved(steps, rounds, round_ms=5.0):
+    """`{name: [ms, one per round]}`, the steps timed side by side.
+
+    Each step is warmed up; then every round runs each step, in an order
+    rotated from round to round, for about `round_ms` (at least one call),
+    timing every call. A round's figure for a step is its fastest call there:
+    on a shared machine a call either runs undisturbed or is slowed by others,
+    so the fastest is the least noisy estimate of the step's own cost.
+    """
+    calls = {}
+    for name, step in steps.items():
+        # Warm up for a few calls and at least ~20 ms: a process's first
+        # steps run slower (thread pools, allocator).
+        start = time.perf_counter()
+        for n in range(1, 1000):
+            step()
+            if n >= 3 and time.perf_counter() - start > 0.02:
+                break
+        start = time.perf_counter()
+        step()
+        once = max(time.perf_counter() - start, 1e-6) * 1e3
+        calls[name] = max(1, min(200, math.ceil(round_ms / once)))
+    names = list(steps)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            fastest = math.inf
+            for _ in range(calls[name]):
+                start = time.perf_counter()
+                steps[name]()
+                fastest = min(fastest, time.perf_counter() - start)
+            times[name].append(fastest * 1e3)
+    return times
+
+
+def crossover_from_times(vocabs, gather_ms, matmul_ms):
+    """The V where matmul stops being faster, interpolated in log V.
+
+    The first V from which matmul is slower at two grid points in a row (one
+    slower point can be noise); half the smallest V if matmul never won, the
+    largest V if it never lost.
+    """
+    ratios = [math.log(m / g) for g, m in zip(gather_ms, matmul_ms, strict=True)]
+    for i, r in enumerate(ratios):
+        if r > 0 and (i + 1 == len(ratios) or ratios[i + 1] > 0):
+            if i == 0:
+                return vocabs[0] / 2
+            lo, hi = ratios[i - 1], r
+            t = -lo / (hi - lo)
+            return math.exp(
+                math.log(vocabs[i - 1]) + t * math.log(vocabs[i] / vocabs[i - 1])
+            )
+    return float(vocabs[-1])
+
+
+def scan_crossover(form, k, vocabs, settings):
+    """Times gather and matmul over `vocabs` (ascending) until matmul is
+    clearly the slower; returns the timings and the crossover."""
+    rng = np.random.default_rng(settings.seed)
+    seen, gather_ms, matmul_ms = [], [], []
+    for vocab in vocabs:
+        inputs = make_inputs(form, vocab, k, settings, rng)
+        if _one_hot_rows(form, inputs) * vocab > settings.max_one_hot:
+            break
+        steps = {
+            s: make_column(s, form, vocab, k, settings, inputs)[0]
+            for s in ("gather", "matmul")
+        }
+        times = time_interleaved(steps, settings.rounds, settings.round_ms)
+        seen.append(vocab)
+        gather_ms.append(min(times["gather"]))
+        matmul_ms.append(min(times["matmul"]))
+        # Matmul grows with V, gather hardly: twice as slow twice in a row
+        # is past the crossover for good.
+        if len(seen) >= 2 and all(
+            m > 2 * g for g, m in zip(gather_ms[-2:], matmul_ms[-2:], strict=True)
+        ):
+            break
+    return {
+        "form": form,
+        "ids_per_row": k,
+        "vocabs": seen,
+        "gather_ms": gather_ms,
+        "matmul_ms": matmul_ms,
+        "crossover": crossover_from_times(seen, gather_ms, matmul_ms),
+    }
+
+
+def auto_pick(layer, inputs):
+    """What the `"auto"` layer runs on `inputs`, `"gather"` or `"matmul"`."""
+    choice = layer.strategy_choice
+    if layer.combiner is None:  # single ids: decided when the layer was made
+        return choice.strategy
+    use = _cost_model.use_matmul(
+        layer._choice, layer.vocab_size, inputs, False, layer._calibration
+    )
+    return "matmul" if bool(use) else "gather"
+
+
+def run_point(form, vocab, k, settings, columns, rng):
+    inputs = make_inputs(form, vocab, k, settings, rng)
+    too_big = _one_hot_rows(form, inputs) * vocab > settings.max_one_hot
+    steps, picked, reason = {}, None, None
+    for column in columns:
+        if too_big and column in ONE_HOT_COLUMNS:
+            continue
+        steps[column], layer = make_column(column, form, vocab, k, settings, inputs)
+        if column == "auto":
+            picked, reason = auto_pick(layer, inputs), layer.strategy_choice.reason
+    times = time_interleaved(steps, settings.rounds, settings.round_ms)
+    point = {
+        "form": form,
+        "ids_per_row": k,
+        "vocab": vocab,
+        "ids": int(tf.size(inputs.flat_values if form == "ragged" else inputs)),
+        "rows": _rows_of(inputs),
+        "min_ms": {c: min(t) for c, t in times.items()},
+        "median_ms": {c: float(np.median(t)) for c, t in times.items()},
+        "auto_picked": picked,
+        "auto_reason": reason,
+    }
+    best = {s: point["min_ms"][s] for s in ("gather", "matmul") if s in times}
+    if best:
+        point["fastest"] = min(best, key=best.get)
+        if "auto" in times:
+            point["auto_over_fastest"] = point["min_ms"]["auto"] / min(best.values())
+    return point
+
+
+def grid(forms, vocabs, ids_per_row):
+    for form in forms:
+        for k in [1] if form == "single" else ids_per_row:
+            for vocab in vocabs:
+                yield form, k, vocab
+
+
+def run(forms, vocabs, ids_per_row, settings, columns=COLUMNS, progress=True):
+    rng = np.random.default_rng(settings.seed)
+    points = list(grid(forms, vocabs, ids_per_row))
+    results, start = [], time.perf_counter()
+    for i, (form, k, vocab) in enumerate(points):
+        point = run_point(form, vocab, k, settings, columns, rng)
+        results.append(point)
+        if progress:
+            ratio = point.get("auto_over_fastest")
+            _progress(
+                i + 1,
+                len(points),
+                time.perf_counter() - start,
+                f"{form} k={k} V={vocab:,}"
+                + (f", auto/faster {ratio:.2f}" if ratio else ""),
+            )
+    if progress:
+        sys.stdout.write("\n")
+    return results
+
+
+def _progress(done, total, elapsed, label, width=30):
+    filled = width * done // total
+    eta = elapsed / done * (total - done)
+    bar = "=" * filled + ">" * (filled < width) + "." * (width - filled - 1)
+    sys.stdout.write(
+        f"\r{done}/{total} [{bar}] {elapsed:.0f}s, eta {eta:.0f}s - {label}\x1b[K"
+    )
+    sys.stdout.flush()
+
+
+def _fmt(ms):
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def table(results, columns=COLUMNS):
+    """Markdown tables, one per form and bag size."""
+    lines = []
+    for form, k in dict.fromkeys((p["form"], p["ids_per_row"]) for p in results):
+        rows = [p for p in results if (p["form"], p["ids_per_row"]) == (form, k)]
+        title = "single ids" if form == "single" else f"{form} bags of {k} ids"
+        n = rows[0]["ids"] if form == "single" else rows[0]["rows"]
+        lines += [f"\n### {title} ({n} {'ids' if form == 'single' else 'rows'})\n"]
+        present = [c for c in columns if any(c in p["min_ms"] for p in rows)]
+        lines.append(
+            "| V | "
+            + " | ".join(f"{c} ms" for c in present)
+            + " | auto ran | auto / faster |"
+        )
+        lines.append("|" + "---|" * (len(present) + 3))
+        for p in rows:
+            cells = [_fmt(p["min_ms"][c]) if c in p["min_ms"] else "—" for c in present]
+            ratio = p.get("auto_over_fastest")
+            lines.append(
+                f"| {p['vocab']:,} | "
+                + " | ".join(cells)
+                + f" | {p['auto_picked'] or '—'} | "
+                + (f"{ratio:.2f}" if ratio else "—")
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def worst_auto(results):
+    scored = [p for p in results if p.get("auto_over_fastest")]
+    return max(scored, key=lambda p: p["auto_over_fastest"]) if scored else None
+
+
+def plot(results, out_dir, columns=COLUMNS):
+    """One PNG per form: time vs V, a panel per ids-per-row. Returns paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for form in dict.fromkeys(p["form"] for p in results):
+        ks = list(dict.fromkeys(p["ids_per_row"] for p in results if p["form"] == form))
+        fig, axes = plt.subplots(
+            1, len(ks), figsize=(5 * len(ks), 4.2), squeeze=False, sharey=False
+        )
+        for ax, k in zip(axes[0], ks, strict=True):
+            rows = [p for p in results if (p["form"], p["ids_per_row"]) == (form, k)]
+            for column in columns:
+                xs = [p["vocab"] for p in rows if column in p["min_ms"]]
+                ys = [p["min_ms"][column] for p in rows if column in p["min_ms"]]
+                if xs:
+                    style = "--" if column.startswith("keras") else "-"
+                    width = 2.5 if column == "auto" else 1.3
+                    ax.plot(xs, ys, style, marker="o", ms=3, lw=width, label=column)
+            both = [p for p in rows if {"gather", "matmul"} <= set(p["min_ms"])]
+            if len(both) >= 2:
+                v = crossover_from_times(
+                    [p["vocab"] for p in both],
+                    [p["min_ms"]["gather"] for p in both],
+                    [p["min_ms"]["matmul"] for p in both],
+                )
+                ax.axvline(v, color="grey", ls=":", lw=1)
+                ax.annotate(
+                    f"crossover\nV≈{v:,.0f}",
+                    (v, 0.97),
+                    xycoords=("data", "axes fraction"),
+                    va="top",
+                    fontsize=8,
+                    color="grey",
+                )
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("vocabulary size V")
+            ax.set_ylabel("forward + backward step (ms, min)")
+            ids = f"{k} id{'' if k == 1 else 's'} per row"
+            name = "single ids" if form == "single" else f"{form} bags, {ids}"
+            ax.set_title(name)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"lookup_{form}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+QUICK = {
+    "vocabs": [4, 64, 1024, 65536],
+    "ids_per_row": [1, 64],
+    "rounds": 5,
+    "round_ms": 3.0,
+}
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_lookup.bench",
+        description=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Timings depend on the machine and its load; compare columns "
+        "within one run only.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a small grid (V in {QUICK['vocabs']}, ids per row "
+        f"{QUICK['ids_per_row']}, {QUICK['rounds']} rounds); under 2 minutes "
+        "on 2 cores",
+    )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure the crossovers `strategy='auto'` uses on this device and "
+        "store them (see keras_lookup.calibrate); --quick scans fewer points",
+    )
+    parser.add_argument("--out", default="bench_results", help="output directory")
+    parser.add_argument(
+        "--forms", nargs="+", choices=FORMS, default=list(FORMS), help="input forms"
+    )
+    parser.add_argument(
+        "--vocabs",
+        nargs="+",
+        type=int,
+        help="vocabulary sizes (default: powers of 2 from 2 to 2**20)",
+    )
+    parser.add_argument(
+        "--ids-per-row", nargs="+", type=int, default=[1, 8, 64], help="bag sizes"
+    )
+    parser.add_argument(
+        "--columns",
+        nargs="+",
+        choices=COLUMNS,
+        default=list(COLUMNS),
+        help="what to time",
+    )
+    parser.add_argument("--rows", type=int, default=256, help="rows (bags) per batch")
+    parser.add_argument(
+        "--single-ids", type=int, default=4096, help="ids per batch for single ids"
+    )
+    parser.add_argument("--dim", type=int, default=64, help="output width D")
+    parser.add_argument("--dtype", default="float32", help="compute dtype")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 21)")
+    parser.add_argument(
+        "--round-ms",
+        type=float,
+        help="calls per column per round fill about this long (default 5)",
+    )
+    parser.add_argument(
+        "--max-one-hot",
+        type=int,
+        default=2**25,
+        help="skip one-hot columns when rows x V exceeds this (memory, time)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random ids")
+    parser.add_argument(
+        "--no-plot", action="store_true", help="skip the PNG plots (no matplotlib)"
+    )
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    quick = QUICK if args.quick else {}
+    settings = Settings(
+        dim=args.dim,
+        rows=args.rows,
+        single_ids=args.single_ids,
+        dtype=args.dtype,
+        rounds=args.rounds or quick.get("rounds", 21),
+        round_ms=args.round_ms or quick.get("round_ms", 5.0),
+        max_one_hot=args.max_one_hot,
+        seed=args.seed,
+    )
+    if args.calibrate:
+        record = calibration.calibrate(
+            dtype=args.dtype,
+            dim=args.dim,
+            rows=args.rows,
+            single_ids=args.single_ids,
+            ids_per_row=args.ids_per_row,
+            vocabs=args.vocabs
+            or ([2**i for i in range(1, 14, 2)] if args.quick else None),
+            rounds=args.rounds or (3 if args.quick else 7),
+        )
+        print(json.dumps(record["crossover"], indent=1))
+        print(f"wrote {record['path']}")
+        return record
+    vocabs = args.vocabs or quick.get("vocabs") or [2**i for i in range(1, 21)]
+    ids_per_row = quick.get("ids_per_row", args.ids_per_row)
+    start = time.perf_counter()
+    results = run(args.forms, vocabs, ids_per_row, settings, args.columns)
+    elapsed = time.perf_counter() - start
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    env = {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": calibration.device_kind(),
+        "calibration": calibration.load_calibration(args.dtype).source,
+        "load_average_1min_after": load,
+        "seconds": round(elapsed, 1),
+        "command": "python -m keras_lookup.bench " + " ".join(argv or sys.argv[1:]),
+    }
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(
+            {"settings": settings.as_dict(), "environment": env, "points": results},
+            f,
+            indent=1,
+        )
+    report = table(results, args.columns)
+    worst = worst_auto(results)
+    summary = (
+        f"Forward + backward, D={settings.dim}, {settings.dtype}, minimum of "
+        f"{settings.rounds} interleaved rounds; TF {tf.__version__}, Keras "
+        f"{keras.__version__}, {env['device']}, {os.cpu_count()} cores, "
+        f"{elapsed:.0f} s. auto: {env['calibration']}."
+    )
+    if worst is not None:
+        summary += (
+            f"\nWorst auto point: {worst['form']} k={worst['ids_per_row']} "
+            f"V={worst['vocab']:,}: auto {worst['min_ms']['auto']:.3f} ms, "
+            f"faster strategy ({worst['fastest']}) "
+            f"{worst['min_ms'][worst['fastest']]:.3f} ms, "
+            f"ratio {worst['auto_over_fastest']:.3f}."
+        )
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(
+            f"# Lookup vs matmul\n\n{summary}\n\n"
+            f"Command: `{env['command']}`\n{report}\n"
+        )
+    print(report)
+    print("\n" + summary)
+    written = ["results.json", "results.md"]
+    if not args.no_plot:
+        written += [os.path.basename(p) for p in plot(results, args.out, args.columns)]
+    print(f"wrote {', '.join(written)} to {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""`python -m keras_lookup.bench`: runs, reports and plots (timings never
+asserted, only that they were taken)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keras_lookup import bench, calibration
+
+TINY = [
+    "--vocabs", "4", "64",
+    "--ids-per-row", "8",
+    "--rounds", "1",
+    "--round-ms", "0.1",
+    "--rows", "8",
+    "--single-ids", "32",
+    "--dim", "4",
+]  # fmt: skip
+
+
+def test_bench_module_runs_and_writes_its_outputs(tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_lookup.bench", *TINY, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Worst auto point" in result.stdout
+    with open(out / "results.json") as f:
+        report = json.load(f)
+    points = report["points"]
+    # single ids, then padded and ragged bags of 8 ids, for each V.
+    assert [(p["form"], p["ids_per_row"], p["vocab"]) for p in points] == [
+        (form, k, vocab)
+        for form, k in [("single", 1), ("padded", 8), ("ragged", 8)]
+        for vocab in (4, 64)
+    ]
+    for p in points:
+        assert set(p["min_ms"]) == set(bench.COLUMNS)
+        assert all(p["min_ms"][c] <= p["median_ms"][c] for c in bench.COLUMNS)
+        assert p["auto_picked"] in ("gather", "matmul")
+        if p["form"] == "single":  # shipped defaults: matmul up to V = 8
+            assert p["auto_picked"] == ("matmul" if p["vocab"] <= 8 else "gather")
+        assert p["auto_over_fastest"] > 0
+    for form in bench.FORMS:
+        assert (out / f"lookup_{form}.png").stat().st_size > 10_000
+    assert "| V | keras Embedding ms" in (out / "results.md").read_text()
+
+
+def test_help_describes_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--quick", "--calibrate", "--out", "--rows", "--dim"):
+        assert option in text
+
+
+def test_large_vocabularies_skip_the_one_hot_columns(tmp_path):
+    args = ["--forms", "ragged", "--vocabs", "64", "--ids-per-row", "2"]
+    args += ["--rounds", "1", "--round-ms", "0.1", "--rows", "4", "--dim", "2"]
+    results = bench.main([*args, "--max-one-hot", "100", "--no-plot"] + [
+        "--out", str(tmp_path)
+    ])  # fmt: skip
+    assert set(results[0]["min_ms"]) == {"keras Embedding", "gather", "auto"}
+    assert results[0]["fastest"] == "gather"
+
+
+def test_calibrate_option_stores_a_calibration():
+    record = bench.main(
+        ["--calibrate", "--vocabs", "2", "8", "--ids-per-row", "1"]
+        + ["--rounds", "1", "--rows", "4", "--single-ids", "16", "--dim", "2"]
+    )
+    assert os.path.exists(record["path"])
+    assert record["path"] == calibration.calibration_path("float32")
+    assert set(record["crossover"]["padded"]) == {"1"}
+
+
+# One slower point followed by a faster one is noise: the crossover lies
+# between V=4 (matmul 0.9x gather) and V=8 (4x), where the log-ratio is 0.
+BLIP = 4 * 2 ** (-math.log(0.9) / (math.log(4) - math.log(0.9)))
+
+
+@pytest.mark.parametrize(
+    "matmul, expected",
+    [
+        ([0.5, 1.0, 4.0, 8.0], 2.0),  # level at V=2, then slower
+        ([0.5, 0.5, 2.0, 4.0], 2 * 2**0.5),  # halfway in log
+        ([2.0, 3.0, 4.0, 5.0], 0.5),  # never won
+        ([0.5, 0.5, 0.5, 0.5], 8.0),  # never lost
+        ([0.5, 1.1, 0.9, 4.0], BLIP),
+    ],
+    ids=["level", "halfway", "never_won", "never_lost", "noise_blip"],
+)
+def test_crossover_from_times(matmul, expected):
+    got = bench.crossover_from_times([1, 2, 4, 8], [1.0] * 4, matmul)
+    assert got == pytest.approx(expected)
