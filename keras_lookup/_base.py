@@ -110,13 +110,6 @@ class LookupBase(keras.layers.Embedding):
         table = table_reader(self) if table is None else table
         return _lookup.reduce_bags(table, bags, self.combiner or "sum", strategy)
 
-    def _id_mask(self, inputs):
-        if not self.mask_zero or self.combiner is not None:
-            return None
-        if not self._dense_ids(inputs):
-            return None
-        return tf.not_equal(inputs, 0)
-
     def get_config(self):
         config = super().get_config()
         config.update({"combiner": self.combiner, "invalid_ids": self.invalid_ids})

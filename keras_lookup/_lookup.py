@@ -51,11 +51,9 @@ class TableReader:
     def matmul(self, x):
         """`x @ table` for a `(n, vocab_size)` float matrix `x`."""
         x = tf.cast(x, self.dtype)
-        if self._dequantize is None:
-            out = tf.matmul(x, self._stored)
-        else:
-            out = tf.matmul(x, self.gather(tf.range(self.vocab_size)))
-            return out  # the gather above already added any LoRA delta
+        if self._dequantize is not None:
+            return tf.matmul(x, self.whole())  # LoRA's delta included
+        out = tf.matmul(x, self._stored)
         if self._lora is not None:
             a, b, factor = self._lora
             low_rank = tf.matmul(tf.matmul(x, tf.cast(a, x.dtype)), tf.cast(b, x.dtype))

@@ -272,11 +272,6 @@ class DimensionReducer(_base.LookupBase):
             use_matmul, reduce, lambda: _base.table_reader(self, read_once=True)
         )
 
-    def compute_mask(self, inputs, mask=None):
-        if self.input_format == "multi_hot":
-            return None
-        return super().compute_mask(inputs, mask)
-
     def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         if self._bags:
