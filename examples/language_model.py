@@ -41,11 +41,11 @@ the token of id i). `--quick` and `--smoke` save nothing unless given
 import argparse
 import os
 import re
-import sys
 import time
 
 import _data
 import _startup
+import _training
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -398,37 +398,12 @@ def train(model, data, args):
         epochs=args.epochs or args.max_epochs,
         batch_size=args.batch_size,
         callbacks=callbacks,
-        verbose=progress(args),
+        verbose=_training.progress(args),
     )
     seconds = time.perf_counter() - start
     ran = len(history.history["loss"])
     best = None if args.epochs else callbacks[0].best_epoch + 1
     return ran, best, seconds
-
-
-def progress(args):
-    """Keras `verbose`: progress bars in a terminal, a line an epoch in a log."""
-    if args.quiet:
-        return 0
-    return 1 if sys.stdout.isatty() else 2
-
-
-def epochs(count):
-    return f"{count} epoch" if count == 1 else f"{count} epochs"
-
-
-def describe_training(ran, best, args):
-    """One line: how many epochs ran, why it stopped, which weights were kept."""
-    if best is None:
-        return f"{epochs(ran)} (fixed by --epochs)"
-    if ran < args.max_epochs:
-        why = (
-            f"stopped early: no improvement for {args.patience} epoch"
-            f"{'s' if args.patience != 1 else ''} after epoch {best}"
-        )
-    else:
-        why = f"reached the most epochs, {args.max_epochs}"
-    return f"{epochs(ran)} ({why}); kept the weights of epoch {best}"
 
 
 def sample(model, vocabulary, prompts, args):
@@ -527,9 +502,9 @@ def main(argv=None):
         "validation tokens are [UNK])."
     )
     schedule = (
-        epochs(args.epochs)
+        _training.epochs(args.epochs)
         if args.epochs
-        else f"up to {epochs(args.max_epochs)}, early stopping with patience "
+        else f"up to {_training.epochs(args.max_epochs)}, early stopping with patience "
         f"{args.patience}"
     )
     print(
@@ -577,7 +552,7 @@ def main(argv=None):
         f"({perplexity / baseline:.2f} x unigram, {perplexity / bigram:.2f} x "
         f"bigram; trained in {seconds:.0f} s)"
     )
-    print(f"    trained {describe_training(ran, best, args)}")
+    print(f"    trained {_training.describe_training(ran, best, args)}")
     if path is not None:
         size = os.path.getsize(path) / 2**20
         print(f"    saved {_display(path)} ({size:.1f} MiB)")

@@ -42,11 +42,11 @@ nothing unless given `--save-dir`.
 
 import argparse
 import os
-import sys
 import time
 
 import _data
 import _startup
+import _training
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -323,7 +323,7 @@ def train_variant(variant, vectorizer, ids, y, splits, class_names, args):
         epochs=args.epochs or args.max_epochs,
         batch_size=args.batch_size,
         callbacks=callbacks,
-        verbose=progress(args),
+        verbose=_training.progress(args),
     )
     seconds = time.perf_counter() - start
     ran = len(history.history["loss"])
@@ -337,31 +337,6 @@ def train_variant(variant, vectorizer, ids, y, splits, class_names, args):
         name=f"text_classification_{variant}",
     )
     return model, float(accuracy), seconds, ran, best
-
-
-def progress(args):
-    """Keras `verbose`: progress bars in a terminal, a line an epoch in a log."""
-    if args.quiet:
-        return 0
-    return 1 if sys.stdout.isatty() else 2
-
-
-def epochs(count):
-    return f"{count} epoch" if count == 1 else f"{count} epochs"
-
-
-def describe_training(ran, best, args):
-    """How many epochs ran, why training stopped, which weights were kept."""
-    if best is None:
-        return f"{epochs(ran)} (fixed by --epochs)"
-    if ran < args.max_epochs:
-        why = (
-            f"stopped early: no improvement for {args.patience} epoch"
-            f"{'s' if args.patience != 1 else ''} after epoch {best}"
-        )
-    else:
-        why = f"reached the most epochs, {args.max_epochs}"
-    return f"{epochs(ran)} ({why}); kept the weights of epoch {best}"
 
 
 def sample_texts(texts, y, test, num_classes, words=60):
@@ -431,9 +406,9 @@ def main(argv=None):
         passes = round(budget / len(train))
         args.max_epochs = int(np.clip(passes, least, MAX_EPOCHS))
     schedule = (
-        epochs(args.epochs)
+        _training.epochs(args.epochs)
         if args.epochs
-        else f"up to {epochs(args.max_epochs)}, early stopping on validation "
+        else f"up to {_training.epochs(args.max_epochs)}, early stopping on validation "
         f"accuracy with patience {args.patience}"
     )
     print(f"Training: LazyAdam {args.learning_rate:g}, {schedule}.")
@@ -454,7 +429,7 @@ def main(argv=None):
         path = None
         if args.save_dir is not None:
             path = save(model, f"{prefix}_{variant}", samples, class_names, args)
-        training = describe_training(ran, best, args)
+        training = _training.describe_training(ran, best, args)
         results.append((title, accuracy, seconds, training, path))
 
     print(f"\nSummary ({args.mode} run, {len(test):,} held-out examples):")
