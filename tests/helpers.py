@@ -112,3 +112,49 @@ def run_python(code, cwd, *args):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def sotu_era_task():
+    """The task of examples/text_classification.py, kept small.
+
+    The era of State of the Union paragraphs from bags of their first 64
+    words (a 5,000-word vocabulary, 0 = padding), split by speech, 4,000
+    training paragraphs. Returns `(ids, y, train, test)`.
+    """
+    import collections
+    import re
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import _data
+
+    texts, labels, groups, names = _data.sotu_paragraphs("era")
+    train, test = _data.split_groups(groups, labels, test_fraction=0.2, seed=0)
+    train = np.random.default_rng(0).choice(train, 4000, replace=False)
+    tokens = [re.findall(r"[a-z']+", t.lower())[:64] for t in texts]
+    counts = collections.Counter(w for i in train for w in tokens[i])
+    vocab = {w: i + 1 for i, (w, _) in enumerate(counts.most_common(5000))}
+    ids = np.zeros((len(texts), 64), "int32")
+    for row, words in enumerate(tokens):
+        kept = [vocab[w] for w in words if w in vocab]
+        ids[row, : len(kept)] = kept
+    y = np.array([names.index(label) for label in labels])
+    return ids, y, train, test
+
+
+def train_on_sotu_era(optimizer, task):
+    """Trains a mean-of-embeddings classifier 4 epochs on `sotu_era_task()`;
+    returns its test `(loss, accuracy)`."""
+    import keras_lookup
+
+    ids, y, train, test = task
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((64,), dtype="int32"),
+            keras_lookup.Embedding(5001, 16, mask_zero=True, combiner="mean"),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(ids[train], y[train], batch_size=64, epochs=4, verbose=0)
+    return model.evaluate(ids[test], y[test], verbose=0)

@@ -1,11 +1,9 @@
 """Tests for the lazy (row-sparse) optimizers in `keras_lookup.optimizers`."""
 
-import collections
 import copy
 import ctypes
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -16,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import sotu_era_task, train_on_sotu_era
 from tensorflow.python.framework import indexed_slices
 
 import keras_lookup
@@ -802,36 +801,12 @@ def test_trains_real_text_as_well_as_keras_adam():
     # era of State of the Union paragraphs from bags of words, split by speech.
     # Word frequencies are Zipfian, so most rows are absent from most batches:
     # exactly where lazy and dense Adam differ.
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
-    import _data  # noqa: E402
-
-    texts, labels, groups, names = _data.sotu_paragraphs("era")
-    train, test = _data.split_groups(groups, labels, test_fraction=0.2, seed=0)
-    rng = np.random.default_rng(0)
-    train = rng.choice(train, 4000, replace=False)
-    tokens = [re.findall(r"[a-z']+", t.lower())[:64] for t in texts]
-    counts = collections.Counter(w for i in train for w in tokens[i])
-    vocab = {w: i + 1 for i, (w, _) in enumerate(counts.most_common(5000))}
-    ids = np.zeros((len(texts), 64), "int32")
-    for row, words in enumerate(tokens):
-        kept = [vocab[w] for w in words if w in vocab]
-        ids[row, : len(kept)] = kept
-    y = np.array([names.index(label) for label in labels])
-    results = {}
-    for name, cls in (("lazy", optimizers.LazyAdam), ("keras", keras.optimizers.Adam)):
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential(
-            [
-                keras.Input((64,), dtype="int32"),
-                keras_lookup.Embedding(5001, 16, mask_zero=True, combiner="mean"),
-                keras.layers.Dense(3, activation="softmax"),
-            ]
-        )
-        model.compile(
-            cls(5e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
-        )
-        model.fit(ids[train], y[train], batch_size=64, epochs=4, verbose=0)
-        results[name] = model.evaluate(ids[test], y[test], verbose=0)
+    task = sotu_era_task()
+    results = {
+        "lazy": train_on_sotu_era(optimizers.LazyAdam(5e-3), task),
+        "keras": train_on_sotu_era(keras.optimizers.Adam(5e-3), task),
+    }
+    _, y, _, test = task
     majority = np.bincount(y[test]).max() / len(test)
     (lazy_loss, lazy_acc), (keras_loss, keras_acc) = results["lazy"], results["keras"]
     assert lazy_acc > majority + 0.10, (lazy_acc, majority)

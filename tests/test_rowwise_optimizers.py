@@ -1,15 +1,13 @@
 """Tests for `LazyRowwiseAdagrad` and `LazyRowwiseAdam` (FBGEMM's row-wise kinds)."""
 
-import collections
 import os
-import re
-import sys
 import warnings
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import sotu_era_task, train_on_sotu_era
 from tensorflow.python.framework import indexed_slices
 from test_optimizers import _clip, _dedupe, _initial_slots, _reference_update
 
@@ -315,39 +313,16 @@ def test_bad_arguments(kind):
 def test_trains_real_text_as_well_as_lazy_adam():
     # The real task of examples/text_classification.py, kept small: the era of
     # State of the Union paragraphs from bags of words, split by speech.
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
-    import _data  # noqa: E402
-
-    texts, labels, groups, names = _data.sotu_paragraphs("era")
-    train, test = _data.split_groups(groups, labels, test_fraction=0.2, seed=0)
-    train = np.random.default_rng(0).choice(train, 4000, replace=False)
-    tokens = [re.findall(r"[a-z']+", t.lower())[:64] for t in texts]
-    counts = collections.Counter(w for i in train for w in tokens[i])
-    vocab = {w: i + 1 for i, (w, _) in enumerate(counts.most_common(5000))}
-    ids = np.zeros((len(texts), 64), "int32")
-    for row, words in enumerate(tokens):
-        kept = [vocab[w] for w in words if w in vocab]
-        ids[row, : len(kept)] = kept
-    y = np.array([names.index(label) for label in labels])
-    accuracy = {}
-    for name, optimizer in (
-        ("lazy_adam", optimizers.LazyAdam(5e-3)),
-        ("rowwise_adagrad", optimizers.LazyRowwiseAdagrad(0.05)),
-        ("rowwise_adam", optimizers.LazyRowwiseAdam(5e-3)),
-    ):
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential(
-            [
-                keras.Input((64,), dtype="int32"),
-                keras_lookup.Embedding(5001, 16, mask_zero=True, combiner="mean"),
-                keras.layers.Dense(3, activation="softmax"),
-            ]
+    task = sotu_era_task()
+    accuracy = {
+        name: train_on_sotu_era(optimizer, task)[1]
+        for name, optimizer in (
+            ("lazy_adam", optimizers.LazyAdam(5e-3)),
+            ("rowwise_adagrad", optimizers.LazyRowwiseAdagrad(0.05)),
+            ("rowwise_adam", optimizers.LazyRowwiseAdam(5e-3)),
         )
-        model.compile(
-            optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"]
-        )
-        model.fit(ids[train], y[train], batch_size=64, epochs=4, verbose=0)
-        accuracy[name] = model.evaluate(ids[test], y[test], verbose=0)[1]
+    }
+    _, y, _, test = task
     majority = np.bincount(y[test]).max() / len(test)
     assert accuracy["lazy_adam"] > majority + 0.10, (accuracy, majority)
     for name in ("rowwise_adagrad", "rowwise_adam"):
