@@ -158,3 +158,32 @@ def train_on_sotu_era(optimizer, task):
     model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(ids[train], y[train], batch_size=64, epochs=4, verbose=0)
     return model.evaluate(ids[test], y[test], verbose=0)
+
+
+def check_resume(build, x, y, save, load):
+    """Checks that training resumed from saved state ends where an
+    uninterrupted run does.
+
+    `build()` gives a compiled model; `save(model)` stores its state and
+    `load(model)` restores it into a freshly built one. One model trains 3
+    epochs straight; another trains 2, is saved and restored into a third,
+    which must hold the same optimizer variables and, after 1 more epoch, the
+    same weights as the first.
+    """
+    fit = {"batch_size": 8, "shuffle": False, "verbose": 0}
+    uninterrupted = build()
+    uninterrupted.fit(x, y, epochs=3, **fit)
+    interrupted = build()
+    interrupted.fit(x, y, epochs=2, **fit)
+    save(interrupted)
+    restored = build()
+    load(restored)
+    for saved, loaded in zip(
+        interrupted.optimizer.variables, restored.optimizer.variables, strict=True
+    ):
+        np.testing.assert_array_equal(saved.numpy(), loaded.numpy())
+    restored.fit(x, y, epochs=1, **fit)
+    for resumed, reference in zip(
+        restored.get_weights(), uninterrupted.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(resumed, reference, rtol=1e-6, atol=1e-7)

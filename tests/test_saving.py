@@ -5,7 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from helpers import run_python
+from helpers import check_resume, run_python
 
 import keras_lookup
 
@@ -196,22 +196,13 @@ def test_save_state_resumes_like_an_uninterrupted_run(optimizer, tmp_path, monke
     cls = getattr(keras_lookup.optimizers, optimizer)
     rng = np.random.default_rng(5)
     x, y = rng.integers(0, 41, size=(32, 6)), rng.normal(size=(32, 1))
-    uninterrupted = _state_model(cls)
-    uninterrupted.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
-    interrupted = _state_model(cls)
-    interrupted.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
-    keras_lookup.save_state(interrupted, tmp_path)
-    restored = _state_model(cls)  # optimizer not built: load_state builds it
-    keras_lookup.load_state(restored, tmp_path)
-    for saved, loaded in zip(
-        interrupted.optimizer.variables, restored.optimizer.variables, strict=True
-    ):
-        np.testing.assert_array_equal(saved.numpy(), loaded.numpy())
-    restored.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-    for resumed, reference in zip(
-        restored.get_weights(), uninterrupted.get_weights(), strict=True
-    ):
-        np.testing.assert_allclose(resumed, reference, rtol=1e-6, atol=1e-7)
+    check_resume(
+        lambda: _state_model(cls),  # optimizer not built: load_state builds it
+        x,
+        y,
+        lambda model: keras_lookup.save_state(model, tmp_path),
+        lambda model: keras_lookup.load_state(model, tmp_path),
+    )
 
 
 def test_load_state_errors(tmp_path):
