@@ -9,7 +9,7 @@ import pytest
 import keras_lookup
 
 MODULES = [
-    name for _, name, _ in pkgutil.iter_modules(keras_lookup.__path__, "keras_lookup.")
+    name for _, name, _ in pkgutil.walk_packages(keras_lookup.__path__, "keras_lookup.")
 ]
 
 

@@ -1,57 +1,22 @@
-"""Row-sparse ("lazy") Adam, SGD and Adagrad, and row-wise Adagrad and Adam.
+"""Row-sparse ("lazy") Adam, SGD and Adagrad.
 
-Keras 3's optimizers turn the `tf.IndexedSlices` gradient of an embedding
-lookup into a dense tensor (Adam's `gradient - m`), so every step reads and
-writes the whole table and both moment slots: the step time and the memory
-grow with the vocabulary, not with the batch. The optimizers here update only
-the rows that the batch looked up, with duplicate ids summed first (Keras's
-Adam and Adagrad square duplicate slices one by one instead, so an id that
-appears twice in a batch gets the wrong second moment).
-
-Which paths stay sparse (the gradient reaches `update_step` as
-`tf.IndexedSlices` and only the rows present in it are read or written):
-
-- `model.fit`, `train_on_batch` and custom loops calling `apply` or
-  `apply_gradients`, with or without `tf.function`, with `jit_compile` off
-  (Keras's default on CPU) or on (XLA compiles `tf.unique` with a bounded
-  dynamic shape; tested on CPU).
-- `clipnorm`, `clipvalue` and `global_clipnorm`: duplicate ids are summed
-  first, so the norm and the clipping are those of the dense gradient.
-- `weight_decay`: decoupled decay of the rows present in the gradient only
-  (as `tfa.optimizers.AdamW` did for sparse gradients).
-- `loss_scale_factor`, and the unscaling in
-  `keras.optimizers.LossScaleOptimizer` (which `model.compile` adds under the
-  `"mixed_float16"` policy). Keras's wrapper checks the gradients for
-  inf/NaN through a full-size boolean tensor, though; wrap the optimizer in
-  `keras_lookup.optimizers.LossScaleOptimizer` to keep that check sparse too.
-- `tf.distribute.MirroredStrategy`: the per-replica slices are all-reduced by
-  concatenation and summed per row in `update_step`.
-
-Which paths are dense (whole-table work every step, as in Keras):
-
-- Variables whose gradient is a dense tensor (kernels, biases, and tables
-  looked up with a one-hot matmul) get exactly the Keras update.
-- `gradient_accumulation_steps`: the accumulator is a full table and the
-  accumulated gradient is dense, so the update is Keras's dense one.
-- `use_ema`: the moving average is updated over the full table.
-
-Dense reads stay cheap too: a sparse write puts a variable in TensorFlow's
-copy-on-read mode, in which every dense read copies the whole variable, so a
-layer that gathers from the table's value (`keras.layers.Embedding` does)
-would copy the table on every step. After each sparse update the optimizers
-switch the model variable back (`tf.raw_ops.DisableCopyOnRead`; TensorFlow
-still copies before a sparse write if a dense read holds the buffer), except
-under XLA, which manages variable buffers itself.
+See the package docstring (`keras_lookup.optimizers`) for which training paths
+stay sparse.
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from keras_lookup import _checks, _tables
+from keras_lookup.optimizers._validation import (
+    check_bool,
+    check_learning_rate,
+    check_non_negative,
+    check_unit_interval,
+)
 
-_BASE_ARGS_DOC = """weight_decay: Float or `None`. If set, decoupled weight decay
+BASE_ARGS_DOC = """weight_decay: Float or `None`. If set, decoupled weight decay
             (`variable -= variable * weight_decay * learning_rate`) is
             applied before each update. For a sparse gradient only the rows
             present in it decay.
@@ -73,45 +38,6 @@ _BASE_ARGS_DOC = """weight_decay: Float or `None`. If set, decoupled weight deca
             accumulated over this many steps in full-size accumulators, and
             the update is Keras's dense one.
         name: String. Name of the optimizer and prefix of its variables."""
-
-
-def _is_real(value):
-    return isinstance(value, (int, float, np.integer, np.floating)) and not (
-        isinstance(value, (bool, np.bool_))
-    )
-
-
-def _check_unit_interval(name, value, include_one):
-    ok = _is_real(value) and 0 <= value and (value <= 1 if include_one else value < 1)
-    if not ok:
-        interval = "[0, 1]" if include_one else "[0, 1)"
-        raise ValueError(
-            f"`{name}` must be a float in {interval}. Received: {name}={value!r}"
-        )
-    return float(value)
-
-
-def _check_non_negative(name, value):
-    if not (_is_real(value) and value >= 0 and np.isfinite(value)):
-        raise ValueError(
-            f"`{name}` must be a non-negative float. Received: {name}={value!r}"
-        )
-    return float(value)
-
-
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`{name}` must be a boolean. Received: {name}={value!r}")
-    return bool(value)
-
-
-def _check_learning_rate(value):
-    # Schedules and callables are left to Keras to check; numbers are checked
-    # here so that `learning_rate=-1e-3` or `learning_rate=1` fail or work the
-    # same way for every optimizer.
-    if _is_real(value):
-        return _check_non_negative("learning_rate", value)
-    return value
 
 
 def _tf_variable(variable):
@@ -375,11 +301,11 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
         name=None,
         **kwargs,
     ):
-        learning_rate = _check_learning_rate(learning_rate)
-        beta_1 = _check_unit_interval("beta_1", beta_1, include_one=False)
-        beta_2 = _check_unit_interval("beta_2", beta_2, include_one=False)
-        epsilon = _check_non_negative("epsilon", epsilon)
-        amsgrad = _check_bool("amsgrad", amsgrad)
+        learning_rate = check_learning_rate(learning_rate)
+        beta_1 = check_unit_interval("beta_1", beta_1, include_one=False)
+        beta_2 = check_unit_interval("beta_2", beta_2, include_one=False)
+        epsilon = check_non_negative("epsilon", epsilon)
+        amsgrad = check_bool("amsgrad", amsgrad)
         super().__init__(
             learning_rate=learning_rate,
             beta_1=beta_1,
@@ -481,9 +407,9 @@ class LazySGD(_LazyMixin, keras.optimizers.SGD):
         name=None,
         **kwargs,
     ):
-        learning_rate = _check_learning_rate(learning_rate)
-        momentum = _check_unit_interval("momentum", momentum, include_one=True)
-        nesterov = _check_bool("nesterov", nesterov)
+        learning_rate = check_learning_rate(learning_rate)
+        momentum = check_unit_interval("momentum", momentum, include_one=True)
+        nesterov = check_bool("nesterov", nesterov)
         super().__init__(
             learning_rate=learning_rate,
             momentum=momentum,
@@ -570,11 +496,11 @@ class LazyAdagrad(_LazyMixin, keras.optimizers.Adagrad):
         name=None,
         **kwargs,
     ):
-        learning_rate = _check_learning_rate(learning_rate)
-        initial_accumulator_value = _check_non_negative(
+        learning_rate = check_learning_rate(learning_rate)
+        initial_accumulator_value = check_non_negative(
             "initial_accumulator_value", initial_accumulator_value
         )
-        epsilon = _check_non_negative("epsilon", epsilon)
+        epsilon = check_non_negative("epsilon", epsilon)
         super().__init__(
             learning_rate=learning_rate,
             initial_accumulator_value=initial_accumulator_value,
@@ -600,370 +526,6 @@ class LazyAdagrad(_LazyMixin, keras.optimizers.Adagrad):
         self._subtract_rows(variable, indices, delta, learning_rate)
 
 
-# Names of the variables that get one optimizer number per row: the tables of
-# `keras.layers.Embedding` and `keras_lookup.Embedding` (and their subclasses).
-ROWWISE_VARIABLE_NAMES = ("embeddings",)
-
-
-class _RowwiseMixin:
-    """Keeps one second-moment number per row for embedding tables.
-
-    The slot named `_rowwise_slot` of a 2-D variable named in
-    `ROWWISE_VARIABLE_NAMES` has shape `(rows,)` instead of the variable's;
-    every other slot and variable is as in the Keras optimizer that follows.
-    The choice depends on the variable alone, not on its gradient, so that a
-    restored optimizer builds the same slot shapes as the saved one.
-    """
-
-    _rowwise_slot = None
-
-    def _is_rowwise(self, variable):
-        # Decided by name in `build` (where `variable` is the Keras variable);
-        # `update_step` may see the backend variable, whose name differs.
-        return self._var_key(variable) in self.__dict__.get("_rowwise_keys", ())
-
-    def add_variable_from_reference(
-        self, reference_variable, name=None, initializer="zeros"
-    ):
-        if not (
-            name == self._rowwise_slot
-            and len(reference_variable.shape) == 2
-            and reference_variable.name in ROWWISE_VARIABLE_NAMES
-        ):
-            return super().add_variable_from_reference(
-                reference_variable, name=name, initializer=initializer
-            )
-        keys = self.__dict__.setdefault("_rowwise_keys", set())
-        keys.add(self._var_key(reference_variable))
-        return self.add_variable(
-            shape=(int(reference_variable.shape[0]),),
-            initializer=initializer,
-            dtype=reference_variable.dtype,
-            name=f"{reference_variable.path.replace('/', '_')}_{name}",
-        )
-
-    def update_step(self, gradient, variable, learning_rate):
-        if self._is_rowwise(variable) and not isinstance(gradient, tf.IndexedSlices):
-            # A dense gradient of a table (one-hot matmul, gradient
-            # accumulation): the row-wise update of every row.
-            rows = tf.range(tf.shape(gradient, out_type=tf.int64)[0])
-            gradient = tf.IndexedSlices(gradient, rows, tf.shape(gradient))
-        return super().update_step(gradient, variable, learning_rate)
-
-    def _sparse_update_step(self, indices, values, variable, learning_rate):
-        if not self._is_rowwise(variable):
-            return super()._sparse_update_step(indices, values, variable, learning_rate)
-        self._rowwise_update_step(indices, values, variable, learning_rate)
-
-    def _rowwise_update_step(self, indices, values, variable, learning_rate):
-        raise NotImplementedError
-
-
-@keras.saving.register_keras_serializable(package="keras_lookup")
-class LazyRowwiseAdagrad(_RowwiseMixin, LazyAdagrad):
-    """Row-wise Adagrad: one accumulator per embedding row, not per entry.
-
-    Use it to train tables too large for a full-width optimizer slot: Adagrad
-    and Adam keep one or two numbers per table entry (a 50M x 64 table of
-    11.9 GiB needs 11.9 GiB more for Adagrad, 23.8 GiB for Adam); this keeps
-    one number per row (0.2 GiB). It is FBGEMM's `EXACT_ROWWISE_ADAGRAD`, the
-    default optimizer of TorchRec's embedding tables
-    (`rowwise_adagrad()` in `fbgemm_gpu/codegen/genscript/optimizers.py` of
-    pytorch/FBGEMM). For each row `i` present in the batch, with `g` the row's
-    gradient (duplicate ids summed first) and `D` the row width:
-
-        acc[i] += sum(g**2) / D
-        w[i] -= learning_rate * g / (sqrt(acc[i]) + epsilon)
-
-    Rows that are not looked up do not move. Which variables are row-wise:
-    2-D variables named `"embeddings"` (the tables of `keras.layers.Embedding`
-    and `keras_lookup.Embedding`), whatever their gradient (a dense gradient
-    updates every row). Every other variable (kernels, biases) gets a
-    full-width accumulator and exactly `keras.optimizers.Adagrad`'s update
-    (`w -= learning_rate * g / sqrt(acc + epsilon)`), lazily for a
-    `tf.IndexedSlices` gradient as in `LazyAdagrad`. Decoupled `weight_decay`
-    of a table row is FBGEMM's `weight_decay_mode=DECOUPLE`
-    (`w[i] = (1 - learning_rate * weight_decay) * w[i] - ...`).
-
-    Args:
-        learning_rate: Float >= 0, a
-            `keras.optimizers.schedules.LearningRateSchedule`, or a callable
-            that takes no arguments and returns the learning rate. Defaults
-            to `0.001`.
-        initial_accumulator_value: Float >= 0. Starting value of every
-            accumulator, row-wise or not. Defaults to `0.0`, as in FBGEMM
-            (Keras's `Adagrad` defaults to `0.1`).
-        epsilon: Float >= 0. Added to `sqrt(acc)` for the tables, as in
-            FBGEMM; added to `acc` for other variables, as in Keras.
-            Defaults to `1e-7`.
-        {{base_args}}
-
-    Example:
-
-    >>> import numpy as np
-    >>> import keras
-    >>> import tensorflow as tf
-    >>> import keras_lookup.optimizers
-    >>> table = keras.Variable(np.zeros((1000, 2), "float32"), name="embeddings")
-    >>> optimizer = keras_lookup.optimizers.LazyRowwiseAdagrad(learning_rate=0.1)
-    >>> grad = tf.IndexedSlices(
-    ...     tf.constant([[3.0, 4.0]]), tf.constant([7]), (1000, 2)
-    ... )
-    >>> optimizer.apply([grad], [table])
-    >>> # acc = (9 + 16) / 2 = 12.5, one number for row 7.
-    >>> tuple(optimizer.variables[-1].shape)
-    (1000,)
-    >>> table.numpy()[7].astype(float).round(4).tolist()
-    [-0.0849, -0.1131]
-    """
-
-    _rowwise_slot = "accumulator"
-
-    def __init__(
-        self,
-        learning_rate=0.001,
-        initial_accumulator_value=0.0,
-        epsilon=1e-7,
-        weight_decay=None,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-        use_ema=False,
-        ema_momentum=0.99,
-        ema_overwrite_frequency=None,
-        loss_scale_factor=None,
-        gradient_accumulation_steps=None,
-        name=None,
-        **kwargs,
-    ):
-        super().__init__(
-            learning_rate=learning_rate,
-            initial_accumulator_value=initial_accumulator_value,
-            epsilon=epsilon,
-            weight_decay=weight_decay,
-            clipnorm=clipnorm,
-            clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm,
-            use_ema=use_ema,
-            ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            name=name,
-            **kwargs,
-        )
-
-    def _rowwise_update_step(self, indices, values, variable, learning_rate):
-        acc_var = self._accumulators[self._get_variable_index(variable)]
-        acc = self._gather(acc_var, indices) + ops.mean(ops.square(values), axis=1)
-        self._scatter(acc_var, indices, acc)
-        multiplier = learning_rate / (ops.sqrt(acc) + self.epsilon)
-        delta = values * multiplier[:, None]
-        self._subtract_rows(variable, indices, delta, learning_rate)
-
-
-@keras.saving.register_keras_serializable(package="keras_lookup")
-class LazyRowwiseAdam(_RowwiseMixin, LazyAdam):
-    """Adam with a full first moment and one second moment per embedding row.
-
-    Use it where Adam's two full-width slots do not fit: for a table this
-    keeps the first moment per entry and the second moment per row, so the
-    optimizer state is one table plus one number a row instead of two tables.
-    It is FBGEMM's `PARTIAL_ROWWISE_ADAM` (`partial_rowwise_adam()` in
-    `fbgemm_gpu/codegen/genscript/optimizers.py` of pytorch/FBGEMM). For each
-    row `i` present in the batch, with `g` the row's gradient (duplicate ids
-    summed first), `D` the row width and `t = iterations + 1`:
-
-        m[i] = beta_1 * m[i] + (1 - beta_1) * g
-        v[i] = beta_2 * v[i] + (1 - beta_2) * sum(g**2) / D
-        w[i] -= learning_rate * (m[i] / (1 - beta_1**t))
-                / (sqrt(v[i] / (1 - beta_2**t)) + epsilon)
-
-    Rows that are not looked up, and their moments, do not move (the "lazy"
-    Adam of `LazyAdam`; FBGEMM updates only the rows in the batch too). Which
-    variables are row-wise: 2-D variables named `"embeddings"` (the tables of
-    `keras.layers.Embedding` and `keras_lookup.Embedding`), whatever their
-    gradient (a dense gradient updates every row). Every other variable
-    (kernels, biases) gets full-width moments and exactly
-    `keras.optimizers.Adam`'s update, lazily for a `tf.IndexedSlices`
-    gradient as in `LazyAdam`. Decoupled `weight_decay` is FBGEMM's
-    (`w -= learning_rate * weight_decay * w`).
-
-    Args:
-        learning_rate: Float >= 0, a
-            `keras.optimizers.schedules.LearningRateSchedule`, or a callable
-            that takes no arguments and returns the learning rate. Defaults
-            to `0.001`.
-        beta_1: Float in [0, 1). Decay rate of the first moment. Defaults to
-            `0.9`.
-        beta_2: Float in [0, 1). Decay rate of the second moment. Defaults
-            to `0.999`.
-        epsilon: Float >= 0. Added to the bias-corrected `sqrt(v)` of the
-            tables, as in FBGEMM; Keras's "epsilon hat" for other variables.
-            Defaults to `1e-7`.
-        {{base_args}}
-
-    Example:
-
-    >>> import numpy as np
-    >>> import keras
-    >>> import tensorflow as tf
-    >>> import keras_lookup.optimizers
-    >>> table = keras.Variable(np.zeros((1000, 2), "float32"), name="embeddings")
-    >>> optimizer = keras_lookup.optimizers.LazyRowwiseAdam(learning_rate=0.1)
-    >>> grad = tf.IndexedSlices(
-    ...     tf.constant([[3.0, 4.0]]), tf.constant([7]), (1000, 2)
-    ... )
-    >>> optimizer.apply([grad], [table])
-    >>> [tuple(v.shape) for v in optimizer.variables[2:]]  # m, then v per row
-    [(1000, 2), (1000,)]
-    >>> table.numpy()[7].astype(float).round(4).tolist()
-    [-0.0849, -0.1131]
-    """
-
-    _rowwise_slot = "velocity"
-
-    def __init__(
-        self,
-        learning_rate=0.001,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-7,
-        weight_decay=None,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-        use_ema=False,
-        ema_momentum=0.99,
-        ema_overwrite_frequency=None,
-        loss_scale_factor=None,
-        gradient_accumulation_steps=None,
-        name=None,
-        **kwargs,
-    ):
-        super().__init__(
-            learning_rate=learning_rate,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            amsgrad=False,
-            weight_decay=weight_decay,
-            clipnorm=clipnorm,
-            clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm,
-            use_ema=use_ema,
-            ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            name=name,
-            **kwargs,
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        del config["amsgrad"]  # FBGEMM's row-wise Adam has no AMSGrad.
-        return config
-
-    def _rowwise_update_step(self, indices, values, variable, learning_rate):
-        dtype = variable.dtype
-        step = ops.cast(self.iterations + 1, dtype)
-        beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
-        index = self._get_variable_index(variable)
-        m_var, v_var = self._momentums[index], self._velocities[index]
-        m = self._gather(m_var, indices)
-        m = m + (values - m) * (1 - beta_1)
-        v = self._gather(v_var, indices)
-        v = v + (ops.mean(ops.square(values), axis=1) - v) * (1 - beta_2)
-        self._scatter(m_var, indices, m)
-        self._scatter(v_var, indices, v)
-        m_hat = m / (1 - ops.power(beta_1, step))
-        v_hat = v / (1 - ops.power(beta_2, step))
-        delta = learning_rate * m_hat / (ops.sqrt(v_hat) + self.epsilon)[:, None]
-        self._subtract_rows(variable, indices, delta, learning_rate)
-
-
-@keras.saving.register_keras_serializable(package="keras_lookup")
-class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
-    """`keras.optimizers.LossScaleOptimizer` with a sparse inf/NaN check.
-
-    Dynamic loss scaling for `"mixed_float16"` training, as in Keras: the loss
-    is multiplied by a scale, the gradients divided by it, and a step whose
-    gradients hold an inf or NaN is skipped and the scale halved. Keras's
-    wrapper checks a `tf.IndexedSlices` gradient through a full-size boolean
-    tensor (`ops.isfinite` densifies it), one `(vocabulary, dim)` allocation
-    and copy per step; this one checks only the slices' values. Pass it to
-    `compile` yourself: `model.compile` wraps the optimizer in Keras's
-    `LossScaleOptimizer` under `"mixed_float16"` only when it is not one
-    already.
-
-    Args:
-        inner_optimizer: A `keras.optimizers.Optimizer`, typically
-            `keras_lookup.optimizers.LazyAdam`.
-        initial_scale: Float > 0. The starting loss scale. Defaults to
-            `2.0**15`.
-        dynamic_growth_steps: Integer > 0. The scale doubles after this many
-            consecutive steps with finite gradients. Defaults to `2000`.
-        name: String. Name of the optimizer.
-
-    Example:
-
-    >>> import keras
-    >>> import keras_lookup.optimizers
-    >>> optimizer = keras_lookup.optimizers.LossScaleOptimizer(
-    ...     keras_lookup.optimizers.LazyAdam()
-    ... )
-    >>> model = keras.Sequential(
-    ...     [keras.Input((8,), dtype="int32"), keras.layers.Embedding(100, 4)]
-    ... )
-    >>> model.compile(optimizer=optimizer, loss="mse")
-    >>> model.optimizer is optimizer
-    True
-    """
-
-    def __init__(
-        self,
-        inner_optimizer,
-        initial_scale=2.0**15,
-        dynamic_growth_steps=2000,
-        name=None,
-        **kwargs,
-    ):
-        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
-            raise ValueError(
-                "`inner_optimizer` must be a `keras.optimizers.Optimizer`, such "
-                "as `keras_lookup.optimizers.LazyAdam()`. Received: "
-                f"inner_optimizer={inner_optimizer!r}"
-            )
-        if not (_is_real(initial_scale) and initial_scale > 0):
-            raise ValueError(
-                "`initial_scale` must be a positive float. Received: "
-                f"initial_scale={initial_scale!r}"
-            )
-        if (
-            isinstance(dynamic_growth_steps, (bool, np.bool_))
-            or not isinstance(dynamic_growth_steps, (int, np.integer))
-            or dynamic_growth_steps <= 0
-        ):
-            raise ValueError(
-                "`dynamic_growth_steps` must be a positive integer. Received: "
-                f"dynamic_growth_steps={dynamic_growth_steps!r}"
-            )
-        super().__init__(
-            inner_optimizer,
-            initial_scale=float(initial_scale),
-            dynamic_growth_steps=int(dynamic_growth_steps),
-            name=name,
-            **kwargs,
-        )
-
-    def check_finite(self, grads):
-        # Rows absent from a slices gradient are zeros, hence finite.
-        return super().check_finite(
-            [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]
-        )
-
-
-for _cls in (LazyAdam, LazySGD, LazyAdagrad, LazyRowwiseAdagrad, LazyRowwiseAdam):
-    _cls.__doc__ = _cls.__doc__.replace("{{base_args}}", _BASE_ARGS_DOC)
+for _cls in (LazyAdam, LazySGD, LazyAdagrad):
+    _cls.__doc__ = _cls.__doc__.replace("{{base_args}}", BASE_ARGS_DOC)
 del _cls
