@@ -22,7 +22,10 @@ the bag size at which V*(k) = V. Nothing here times anything: for a given
 calibration every choice is a pure function of its arguments.
 """
 
+import json
 import math
+import os
+import re
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -254,3 +257,69 @@ def with_bag_width(choice, vocab_size, width, calibration):
         f"{dense.reason}. Ragged or sparse bags are decided per batch: {choice.reason}",
         choice.min_ids_per_row,
     )
+
+
+# Where calibrations live (see `keras_lookup.calibration`): read by every
+# "auto" layer, written by `calibrate()`.
+CACHE_DIR_ENV = "KERAS_LOOKUP_CACHE_DIR"
+FORMAT_VERSION = 1
+
+
+def cache_dir():
+    """Where calibrations are stored (see the module docstring)."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return os.environ[CACHE_DIR_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
+    return os.path.join(base, "keras_lookup")
+
+
+def device_kind():
+    """`"CPU"`, `"TPU"` or `"GPU:<name>"`: the device TensorFlow places ops on."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return "GPU:" + details.get("device_name", "unknown")
+    if tf.config.list_physical_devices("TPU"):
+        return "TPU"
+    return "CPU"
+
+
+def calibration_path(dtype="float32", device=None):
+    device = device or device_kind()
+    slug = re.sub(r"[^A-Za-z0-9.]+", "_", device).strip("_").lower()
+    name = f"{slug}-{tf.as_dtype(dtype).name}-tf{tf.__version__}.json"
+    return os.path.join(cache_dir(), name)
+
+
+def load_calibration(dtype="float32"):
+    """The `Calibration` `"auto"` uses on this device for this compute dtype.
+
+    A file written by `calibrate()` for this device, dtype and TensorFlow
+    version; else the float32 one for this device; else the shipped CPU
+    defaults, whose source then names what is missing.
+    """
+    device = device_kind()
+    for candidate in dict.fromkeys([tf.as_dtype(dtype).name, "float32"]):
+        path = calibration_path(candidate, device)
+        if os.path.exists(path):
+            note = "" if candidate == tf.as_dtype(dtype).name else f", for {dtype}"
+            return _read(path, f"calibrated on this {device}{note}: {path}")
+    if device == "CPU":
+        return shipped_calibration()
+    return shipped_calibration(
+        f"; no calibration for {device} yet, run keras_lookup.calibrate()"
+    )
+
+
+def _read(path, source):
+    try:
+        with open(path) as f:
+            return Calibration(json.load(f)["crossover"], source)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"Cannot read the keras_lookup calibration {path}: {error!r}. "
+            "Delete the file, or run `keras_lookup.calibrate()` again to "
+            f"rewrite it (or point {CACHE_DIR_ENV} elsewhere)."
+        ) from error

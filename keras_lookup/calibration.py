@@ -20,74 +20,18 @@ import datetime
 import json
 import os
 import platform
-import re
 
 import tensorflow as tf
 
-from keras_lookup import _cost_model
-
-CACHE_DIR_ENV = "KERAS_LOOKUP_CACHE_DIR"
-FORMAT_VERSION = 1
-
-
-def cache_dir():
-    """Where calibrations are stored (see the module docstring)."""
-    if os.environ.get(CACHE_DIR_ENV):
-        return os.environ[CACHE_DIR_ENV]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache"
-    )
-    return os.path.join(base, "keras_lookup")
-
-
-def device_kind():
-    """`"CPU"`, `"TPU"` or `"GPU:<name>"`: the device TensorFlow places ops on."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return "GPU:" + details.get("device_name", "unknown")
-    if tf.config.list_physical_devices("TPU"):
-        return "TPU"
-    return "CPU"
-
-
-def calibration_path(dtype="float32", device=None):
-    device = device or device_kind()
-    slug = re.sub(r"[^A-Za-z0-9.]+", "_", device).strip("_").lower()
-    name = f"{slug}-{tf.as_dtype(dtype).name}-tf{tf.__version__}.json"
-    return os.path.join(cache_dir(), name)
-
-
-def load_calibration(dtype="float32"):
-    """The `Calibration` `"auto"` uses on this device for this compute dtype.
-
-    A file written by `calibrate()` for this device, dtype and TensorFlow
-    version; else the float32 one for this device; else the shipped CPU
-    defaults, whose source then names what is missing.
-    """
-    device = device_kind()
-    for candidate in dict.fromkeys([tf.as_dtype(dtype).name, "float32"]):
-        path = calibration_path(candidate, device)
-        if os.path.exists(path):
-            note = "" if candidate == tf.as_dtype(dtype).name else f", for {dtype}"
-            return _read(path, f"calibrated on this {device}{note}: {path}")
-    if device == "CPU":
-        return _cost_model.shipped_calibration()
-    return _cost_model.shipped_calibration(
-        f"; no calibration for {device} yet, run keras_lookup.calibrate()"
-    )
-
-
-def _read(path, source):
-    try:
-        with open(path) as f:
-            return _cost_model.Calibration(json.load(f)["crossover"], source)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(
-            f"Cannot read the keras_lookup calibration {path}: {error!r}. "
-            "Delete the file, or run `keras_lookup.calibrate()` again to "
-            f"rewrite it (or point {CACHE_DIR_ENV} elsewhere)."
-        ) from error
+from keras_lookup import _cost_model, _timing
+from keras_lookup._cost_model import (  # noqa: F401  (public here since 0.1)
+    CACHE_DIR_ENV,
+    FORMAT_VERSION,
+    cache_dir,
+    calibration_path,
+    device_kind,
+    load_calibration,
+)
 
 
 def calibrate(
@@ -128,15 +72,13 @@ def calibrate(
         form to `{ids_per_row: V*}`, `"measurements"` holds the timings,
         `"path"` where it was written (or would be).
     """
-    from keras_lookup import bench
-
     if not ids_per_row:
         raise ValueError(
             "`ids_per_row` must list at least one bag size. Received: "
             f"ids_per_row={ids_per_row!r}"
         )
     vocabs = list(vocabs or [2**i for i in range(1, 16)])
-    settings = bench.Settings(
+    settings = _timing.Settings(
         dim=dim, rows=rows, single_ids=single_ids, dtype=dtype, rounds=rounds
     )
     crossover, measurements = {}, []
@@ -144,7 +86,7 @@ def calibrate(
         (form, k) for form in ("padded", "ragged") for k in ids_per_row
     ]
     for form, k in plan:
-        scan = bench.scan_crossover(form, k, vocabs, settings)
+        scan = _timing.scan_crossover(form, k, vocabs, settings)
         crossover.setdefault(form, {})[str(k)] = scan["crossover"]
         measurements.append(scan)
         if verbose:

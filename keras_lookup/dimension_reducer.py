@@ -1,7 +1,7 @@
 import keras
 import tensorflow as tf
 
-from keras_lookup import _base, _checks, _cost_model, _layer_utils, _lookup, calibration
+from keras_lookup import _base, _checks, _cost_model, _layer_utils, _lookup
 
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
@@ -162,7 +162,7 @@ class DimensionReducer(_base.LookupBase):
         self._choice = _cost_model.StrategyChoice(strategy, "set by the user")
         self._bag_width = None
         if strategy == "auto":
-            self._calibration = calibration.load_calibration(self.compute_dtype)
+            self._calibration = _cost_model.load_calibration(self.compute_dtype)
             form = "bags" if self._bags else "single"
             self._choice = _cost_model.choose(vocab_size, form, None, self._calibration)
             self._strategy = self._choice.strategy
