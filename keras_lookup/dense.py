@@ -1,5 +1,7 @@
 import keras
 
+from keras_lookup import _checks
+
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
 class Dense(keras.layers.Dense):
@@ -55,6 +57,13 @@ class Dense(keras.layers.Dense):
     >>> layer(one_hot).numpy().tolist()
     [[5.0, 6.0], [1.0, 2.0]]
     """
+
+    def __init__(self, units, *args, **kwargs):
+        # Keras validates `units` only from 3.13 on; the check is ours so that
+        # the error is the same on every supported Keras. The other arguments
+        # go to Keras as they are.
+        units = _checks.check_positive_int("units", units)
+        super().__init__(units, *args, **kwargs)
 
     def quantize(self, mode=None, type_check=True, config=None):
         # Keras refuses to quantize subclasses of its Dense; this one adds no

@@ -81,12 +81,16 @@ def test_sparse_input_in_functional_model_trains():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        # Keras's own checks and messages: keras_lookup.Dense is its Dense.
-        ({"units": 0}, "`units`, expected a positive integer. Received: units=0"),
-        ({"units": 2.5}, "Received: units=2.5"),
+        # `units` is checked by keras_lookup (Keras checks it only from 3.13 on),
+        # so the message is the same on every supported Keras.
+        ({"units": 0}, "`units` must be a positive integer. Received: units=0"),
+        ({"units": 2.5}, "`units` must be a positive integer. Received: units=2.5"),
+        ({"units": True}, "Received: units=True"),
+        ({"units": None}, "Received: units=None"),
+        # Keras's own check: keras_lookup.Dense is its Dense.
         ({"units": 2, "activation": "nope"}, "nope"),
     ],
-    ids=["zero_units", "float_units", "unknown_activation"],
+    ids=["zero_units", "float_units", "bool_units", "none_units", "unknown_activation"],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
