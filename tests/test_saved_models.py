@@ -2,7 +2,9 @@
 
 Each `NAME.keras` comes with `NAME.inputs.json` (inputs under "inputs", their
 dtype under "dtype") and `NAME.expected.npz` (the model's outputs on them,
-under "outputs"), written by the example that trained it.
+under "outputs"), written by the example that trained it. The models of
+earlier releases stay in `saved_models/v<version>/` as compatibility fixtures
+and are checked the same way.
 """
 
 import glob
@@ -41,13 +43,20 @@ def check_saved_model(stem, cwd):
     assert "reproduced" in output
 
 
+FIXTURE_0_1 = os.path.join(SAVED, "v0.1")
+
+
 def _stems():
-    return sorted(
-        p[: -len(".keras")] for p in glob.glob(os.path.join(SAVED, "*.keras"))
-    )
+    paths = glob.glob(os.path.join(SAVED, "*.keras"))
+    paths += glob.glob(os.path.join(SAVED, "v*", "*.keras"))
+    return sorted(p[: -len(".keras")] for p in paths)
 
 
-@pytest.mark.parametrize("stem", _stems(), ids=os.path.basename)
+def _stem_id(stem):
+    return os.path.relpath(stem, SAVED)
+
+
+@pytest.mark.parametrize("stem", _stems(), ids=_stem_id)
 def test_saved_model_has_sidecars(stem):
     missing = [stem + s for s in SIDECARS if not os.path.exists(stem + s)]
     assert not missing, (
@@ -61,14 +70,27 @@ def test_every_sidecar_has_a_model():
     orphans = [
         path
         for suffix in SIDECARS
-        for path in glob.glob(os.path.join(SAVED, "*" + suffix))
+        for pattern in ("*", os.path.join("v*", "*"))
+        for path in glob.glob(os.path.join(SAVED, pattern + suffix))
         if path[: -len(suffix)] not in stems
     ]
     assert not orphans, f"sidecars without a .keras model: {orphans}"
 
 
-@pytest.mark.parametrize("stem", _stems(), ids=os.path.basename)
+@pytest.mark.parametrize("stem", _stems(), ids=_stem_id)
 def test_saved_model_reproduces_outputs(stem, tmp_path):
     if not all(os.path.exists(stem + s) for s in SIDECARS):
         pytest.fail(f"{stem}.keras has no sidecars (see the test above)")
     check_saved_model(stem, tmp_path)
+
+
+def test_first_release_models_are_kept():
+    # The 0.1.0 files are a fixture: loading them is what proves that models
+    # saved by 0.1 still load. Replace them only with a new fixture folder.
+    names = sorted(os.listdir(FIXTURE_0_1))
+    for model in (
+        "language_model",
+        "text_classification_era_embedding",
+        "text_classification_era_reducer",
+    ):
+        assert model + ".keras" in names, names
