@@ -24,23 +24,33 @@ import keras
 import tensorflow as tf
 import keras_lookup
 
-stem = sys.argv[1]
-model = keras.saving.load_model(stem + ".keras")
-with open(stem + ".inputs.json", encoding="utf-8") as f:
-    record = json.load(f)
-inputs = tf.constant(record["inputs"], dtype=record["dtype"])
-outputs = np.asarray(model.predict(inputs, verbose=0))
-expected = np.load(stem + ".expected.npz")["outputs"]
-assert outputs.shape == expected.shape, (outputs.shape, expected.shape)
-np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
-print("reproduced", outputs.shape)
+for stem in sys.argv[1:]:
+    model = keras.saving.load_model(stem + ".keras")
+    with open(stem + ".inputs.json", encoding="utf-8") as f:
+        record = json.load(f)
+    inputs = tf.constant(record["inputs"], dtype=record["dtype"])
+    outputs = np.asarray(model.predict(inputs, verbose=0))
+    expected = np.load(stem + ".expected.npz")["outputs"]
+    assert outputs.shape == expected.shape, (stem, outputs.shape, expected.shape)
+    np.testing.assert_allclose(
+        outputs, expected, rtol=1e-5, atol=1e-5, err_msg=stem
+    )
+    print("reproduced", stem, outputs.shape)
 """
+
+
+def check_saved_models(stems, cwd):
+    """Loads each `stem.keras` in one fresh process (one TensorFlow start-up
+    for all) and checks it against its sidecars."""
+    stems = [os.path.abspath(stem) for stem in stems]
+    output = run_python(CHECK, cwd, *stems)
+    for stem in stems:
+        assert f"reproduced {stem} " in output, output
 
 
 def check_saved_model(stem, cwd):
     """Loads `stem.keras` in a fresh process and checks it against its sidecars."""
-    output = run_python(CHECK, cwd, os.path.abspath(stem))
-    assert "reproduced" in output
+    check_saved_models([stem], cwd)
 
 
 FIXTURE_0_1 = os.path.join(SAVED, "v0.1")
@@ -77,11 +87,16 @@ def test_every_sidecar_has_a_model():
     assert not orphans, f"sidecars without a .keras model: {orphans}"
 
 
-@pytest.mark.parametrize("stem", _stems(), ids=_stem_id)
-def test_saved_model_reproduces_outputs(stem, tmp_path):
-    if not all(os.path.exists(stem + s) for s in SIDECARS):
-        pytest.fail(f"{stem}.keras has no sidecars (see the test above)")
-    check_saved_model(stem, tmp_path)
+@pytest.mark.parametrize("folder", ["saved_models", "saved_models/v0.1"])
+def test_saved_models_reproduce_outputs(folder, tmp_path):
+    # One child process per folder: TensorFlow starts once for its models.
+    here = os.path.join(os.path.dirname(SAVED), folder)
+    stems = [s for s in _stems() if os.path.dirname(s) == here]
+    assert stems, f"no .keras files in {folder}/"
+    for stem in stems:
+        if not all(os.path.exists(stem + s) for s in SIDECARS):
+            pytest.fail(f"{stem}.keras has no sidecars (see the test above)")
+    check_saved_models(stems, tmp_path)
 
 
 def test_first_release_models_are_kept():
