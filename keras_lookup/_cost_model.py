@@ -227,22 +227,17 @@ def use_matmul(choice, vocab_size, inputs, multi_hot, calibration):
     return tf.logical_and(ids > 0, ids >= k * tf.cast(rows, tf.float64))
 
 
-def per_batch(use_matmul, reduce, dense_table):
-    """`reduce(strategy, table)` with the strategy `use_matmul` picks.
+def per_batch(use_matmul, bag_sums):
+    """`bag_sums(strategy)` with the strategy a scalar boolean tensor picks.
 
-    A Python bool picks when tracing (`table=None`: the layer reads its table
-    as that strategy wants). A tensor picks per batch with `tf.cond`, whose
-    gradient stays an `IndexedSlices` on either side; both branches then use
-    one dense read of the table, `dense_table()`, made outside them: reading
-    the variable inside the branches cost ~40 us more per training step on
-    CPU. The per-batch range only holds small tables, so the dense read is
-    cheap.
+    A `tf.cond` whose branches hold only what differs: the caller builds the
+    bags, reads the table once (densely: reading the variable inside the
+    branches cost ~40 us more per training step on CPU; the per-batch range
+    only holds small tables) and applies the combiner outside it. The
+    gradient stays an `IndexedSlices` on the gather side.
     """
-    if isinstance(use_matmul, bool):
-        return reduce("matmul" if use_matmul else "gather")
-    table = dense_table()
     return tf.cond(
-        use_matmul, lambda: reduce("matmul", table), lambda: reduce("gather", table)
+        use_matmul, lambda: bag_sums("matmul"), lambda: bag_sums("gather")
     )
 
 
