@@ -236,9 +236,7 @@ def per_batch(use_matmul, bag_sums):
     only holds small tables) and applies the combiner outside it. The
     gradient stays an `IndexedSlices` on the gather side.
     """
-    return tf.cond(
-        use_matmul, lambda: bag_sums("matmul"), lambda: bag_sums("gather")
-    )
+    return tf.cond(use_matmul, lambda: bag_sums("matmul"), lambda: bag_sums("gather"))
 
 
 def with_bag_width(choice, vocab_size, width, calibration):
