@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from keras_lookup import bench, calibration
+from keras_lookup import _cost_model, bench, calibration
 
 TINY = [
     "--vocabs", "4", "64",
@@ -46,8 +46,9 @@ def test_bench_module_runs_and_writes_its_outputs(tmp_path):
         assert set(p["min_ms"]) == set(bench.COLUMNS)
         assert all(p["min_ms"][c] <= p["median_ms"][c] for c in bench.COLUMNS)
         assert p["auto_picked"] in ("gather", "matmul")
-        if p["form"] == "single":  # shipped defaults: matmul up to V = 8
-            assert p["auto_picked"] == ("matmul" if p["vocab"] <= 8 else "gather")
+        if p["form"] == "single":  # shipped defaults: matmul up to V*
+            limit = _cost_model.CPU_DEFAULTS["single"][1]
+            assert p["auto_picked"] == ("matmul" if p["vocab"] <= limit else "gather")
         assert p["auto_over_fastest"] > 0
     for form in bench.FORMS:
         assert (out / f"lookup_{form}.png").stat().st_size > 10_000
