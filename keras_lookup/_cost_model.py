@@ -36,12 +36,14 @@ FORMS = ("single", "padded", "ragged")
 # float32 on CPU, measured with `python -m keras_lookup.bench --calibrate
 # --rounds 15` (forward + backward, D=64, 256 rows of bags, 4,096 single ids,
 # fastest calls of interleaved rounds) on a shared 2-core x86_64 CPU,
-# TensorFlow 2.21, 2026-11-27. For single ids the two are level (within ~5%)
-# up to V = 8; for dense bags of one id gather was never slower (V* = 1).
+# TensorFlow 2.21, 2026-11-30, with the count matrix built by bincount (0.2).
+# For single ids gather was never slower (V* = 1: matmul 0.53 ms against
+# 0.51 at V = 2); bags of 64 ids: matmul 0.34-0.66 ms up to V = 512 against
+# 1.0-1.2 ms for the gather.
 CPU_DEFAULTS = {
-    "single": {1: 8.0},
-    "padded": {1: 1.0, 8: 246.0, 64: 1029.0},
-    "ragged": {1: 17.0, 8: 359.0, 64: 1020.0},
+    "single": {1: 1.0},
+    "padded": {1: 6.0, 8: 299.0, 64: 725.0},
+    "ragged": {1: 74.0, 8: 511.0, 64: 863.0},
 }
 CPU_DEFAULTS_SOURCE = "shipped CPU defaults (2-core x86_64, TensorFlow 2.21)"
 
@@ -193,7 +195,13 @@ def batch_ids_per_row(inputs, multi_hot):
     if isinstance(inputs, tf.SparseTensor):
         return tf.size(inputs.values), inputs.dense_shape[0]
     rows = tf.size(inputs) // tf.maximum(tf.shape(inputs)[-1], 1)
-    return tf.math.count_nonzero(inputs), rows
+    # Both branches wait for this count over the whole matrix. `count_nonzero`
+    # (compare, cast, sum) kept a 0.35 ms step waiting ~0.1 ms on CPU; a
+    # float sum of |sign(x)| is one fused pass (exact to 2**24 nonzeros, and
+    # the count only places a batch against a threshold).
+    if inputs.dtype not in (tf.float32, tf.float64):
+        inputs = tf.cast(inputs, tf.float32)
+    return tf.reduce_sum(tf.abs(tf.sign(inputs))), rows
 
 
 def use_matmul(choice, vocab_size, inputs, multi_hot, calibration):
@@ -227,23 +235,16 @@ def use_matmul(choice, vocab_size, inputs, multi_hot, calibration):
     return tf.logical_and(ids > 0, ids >= k * tf.cast(rows, tf.float64))
 
 
-def per_batch(use_matmul, reduce, dense_table):
-    """`reduce(strategy, table)` with the strategy `use_matmul` picks.
+def per_batch(use_matmul, bag_sums):
+    """`bag_sums(strategy)` with the strategy a scalar boolean tensor picks.
 
-    A Python bool picks when tracing (`table=None`: the layer reads its table
-    as that strategy wants). A tensor picks per batch with `tf.cond`, whose
-    gradient stays an `IndexedSlices` on either side; both branches then use
-    one dense read of the table, `dense_table()`, made outside them: reading
-    the variable inside the branches cost ~40 us more per training step on
-    CPU. The per-batch range only holds small tables, so the dense read is
-    cheap.
+    A `tf.cond` whose branches hold only what differs: the caller builds the
+    bags, reads the table once (densely: reading the variable inside the
+    branches cost ~40 us more per training step on CPU; the per-batch range
+    only holds small tables) and applies the combiner outside it. The
+    gradient stays an `IndexedSlices` on the gather side.
     """
-    if isinstance(use_matmul, bool):
-        return reduce("matmul" if use_matmul else "gather")
-    table = dense_table()
-    return tf.cond(
-        use_matmul, lambda: reduce("matmul", table), lambda: reduce("gather", table)
-    )
+    return tf.cond(use_matmul, lambda: bag_sums("matmul"), lambda: bag_sums("gather"))
 
 
 def with_bag_width(choice, vocab_size, width, calibration):

@@ -123,95 +123,211 @@ def lookup(table, ids, weights, strategy, check, layer_name):
 
 
 class Bags:
-    """Flat bag contents: `ids[i]` with weight `weights[i]` belongs to `row[i]`.
+    """Flat bag contents: `ids[i]` with weight `weights[i]` belongs to row `row[i]`.
 
     `weights` is `None` when every id counts once. Output rows are laid out in
-    `outer_shape` (the input's shape without its last axis). `dense`, when set,
-    is the same bags as a `(nrows, vocab)` multi-hot matrix (then `ids` and
-    `row` may be `None`). `per_row`, when set, says every bag holds exactly
-    that many entries, laid out row after row (dense padded input), so that
-    sums over a bag are plain reductions instead of segment sums.
-    `sorted_rows` says `row` never decreases (ragged and dense ids), so that
-    segment sums can use the sorted kernel.
+    `outer_shape` (the input's shape without its last axis). The layout the
+    bags came in is kept, because it makes both strategies cheaper: `per_row`
+    (dense padded ids: every bag holds exactly that many entries, row after
+    row, so sums over a bag are plain reductions), `splits` (ragged ids: row
+    splits, so rows are sorted and counts come from one `RaggedBincount`),
+    `sparse` (sparse ids or multi-hot: `(indices, dense_shape)`), or `dense`
+    (a dense `(nrows, vocab)` multi-hot matrix; `ids` is then `None`). `row`
+    is only computed where a branch needs it. `keep`, when set, marks the
+    entries that count: the others (invalid ids under `invalid_ids="zeros"`)
+    already have weight 0, and the gather leaves them out, so that they send
+    no gradient at all (see `_checked_rows`).
     """
 
     def __init__(
         self,
         ids,
         weights,
-        row,
         nrows,
         outer_shape,
-        dense=None,
         per_row=None,
-        sorted_rows=False,
+        splits=None,
+        sparse=None,
+        dense=None,
+        keep=None,
     ):
         self.ids = ids
         self.weights = weights
-        self.row = row
         self.nrows = nrows
         self.outer_shape = outer_shape
-        self.dense = dense
         self.per_row = per_row
-        self.sorted_rows = sorted_rows
+        self.splits = splits
+        self.sparse = sparse
+        self.dense = dense
+        self.keep = keep
 
-    def row_sums(self, values):
-        """Sums `values` (one per entry, or one row per entry) over each bag."""
+    def row(self):
+        """The bag of each entry (not cached: it may be built inside a branch)."""
+        if self.splits is not None:
+            return tf.ragged.row_splits_to_segment_ids(self.splits)
+        if self.sparse is not None:
+            return self.sparse[0][:, 0]
+        return tf.range(tf.size(self.ids)) // tf.maximum(self.per_row, 1)
+
+    def entries(self):
+        """`(ids, weights, row, per_row, sorted_rows)` of what a gather reads."""
         if self.dense is not None:
-            return tf.reduce_sum(tf.reshape(values, tf.shape(self.dense)), axis=1)
-        if self.per_row is not None:
-            shape = tf.concat([[self.nrows, self.per_row], tf.shape(values)[1:]], 0)
+            coords = tf.where(tf.not_equal(self.dense, 0))
+            ids = tf.cast(coords[:, 1], _checks.index_dtype(self.dense.shape[-1]))
+            return ids, tf.gather_nd(self.dense, coords), coords[:, 0], None, True
+        ids, weights, row = self.ids, self.weights, self.row()
+        sorted_rows = self.sparse is None
+        if self.keep is not None:
+            entries = (ids, weights, row)
+            ids, weights, row = (tf.boolean_mask(t, self.keep) for t in entries)
+            return ids, weights, row, None, sorted_rows
+        return ids, weights, row, self.per_row, sorted_rows
+
+    def row_sums(self, values, row=None, per_row=None, sorted_rows=False):
+        """Sums `values` (one per entry, or one row per entry) over each bag.
+
+        Without `row`, `values` are laid out like all the bags' entries (or
+        like `dense`).
+        """
+        if row is None:
+            if self.dense is not None:
+                return tf.reduce_sum(tf.reshape(values, tf.shape(self.dense)), axis=1)
+            row, per_row = self.row(), self.per_row
+            sorted_rows = self.sparse is None
+        if per_row is not None:
+            shape = tf.concat([[self.nrows, per_row], tf.shape(values)[1:]], 0)
             return tf.reduce_sum(tf.reshape(values, shape), axis=1)
-        if self.sorted_rows and not _checks.in_xla_context():
+        if sorted_rows and not _checks.in_xla_context():
             # On CPU the sorted kernel is ~2.5x faster (forward + backward,
             # 16k ids x 64); it leaves out trailing empty bags, so pad them.
-            sums = tf.math.segment_sum(values, self.row)
+            sums = tf.math.segment_sum(values, row)
             missing = tf.cast(self.nrows, tf.int64) - tf.shape(sums, tf.int64)[0]
             pad = [[0, missing]] + [[0, 0]] * (values.shape.rank - 1)
             return tf.pad(sums, pad)
-        return tf.math.unsorted_segment_sum(values, self.row, self.nrows)
+        return tf.math.unsorted_segment_sum(values, row, self.nrows)
 
-    def multi_hot(self, vocab_size, dtype):
+    def all_weights(self):
+        """Every entry's weight, laid out as `row_sums` takes them."""
         if self.dense is not None:
-            return tf.cast(self.dense, dtype)
+            return tf.reshape(self.dense, [-1])
         if self.weights is None:
-            values = tf.ones_like(self.ids, dtype=dtype)
+            return tf.ones_like(self.ids, dtype=tf.float32)
+        return self.weights
+
+    def counts(self, vocab_size):
+        """The `(nrows, vocab_size)` float32 multi-hot / count matrix.
+
+        Entry `[r, v]` sums the weights of id `v` in bag `r`, so an id twice in
+        a bag counts twice. One bincount kernel per layout builds it (2-4x
+        faster on CPU than a `scatter_nd` of `(row, id)` pairs); XLA, which
+        lacks the ragged and sparse bincounts, scatters.
+        """
+        if self.dense is not None:
+            return tf.cast(self.dense, tf.float32)
+        if _checks.in_xla_context() and self.per_row is None:
+            return self._scattered_counts(vocab_size)
+        if self.splits is not None:
+
+            def bincount(weights):
+                return tf.raw_ops.RaggedBincount(
+                    splits=tf.cast(self.splits, tf.int64),
+                    values=self.ids,
+                    size=vocab_size,
+                    weights=weights,
+                )
+
+        elif self.sparse is not None:
+
+            def bincount(weights):
+                indices, dense_shape = self.sparse
+                return tf.raw_ops.SparseBincount(
+                    indices=indices,
+                    values=self.ids,
+                    dense_shape=dense_shape,
+                    size=vocab_size,
+                    weights=weights,
+                )
+
         else:
-            values = tf.cast(self.weights, dtype)
+            shape = tf.stack([self.nrows, self.per_row])
+
+            def bincount(weights):
+                if weights.shape.rank == 1 and weights.shape[0] != 0:
+                    weights = tf.reshape(weights, shape)
+                return tf.raw_ops.DenseBincount(
+                    input=tf.reshape(self.ids, shape), size=vocab_size, weights=weights
+                )
+
+        if self.weights is None:
+            return bincount(tf.zeros([0], tf.float32))
+        return _differentiable_counts(bincount, self.weights, self._coords)
+
+    def _coords(self):
         index = self.ids.dtype
-        coords = tf.stack([tf.cast(self.row, index), self.ids], axis=1)
+        return tf.stack([tf.cast(self.row(), index), self.ids], axis=1)
+
+    def _scattered_counts(self, vocab_size):
+        weights = self.all_weights()
+        index = self.ids.dtype
         shape = tf.stack([tf.cast(self.nrows, index), tf.constant(vocab_size, index)])
-        # scatter_nd adds duplicates, so an id twice in a bag counts twice.
-        return tf.scatter_nd(coords, values, shape)
+        return tf.scatter_nd(self._coords(), tf.cast(weights, tf.float32), shape)
+
+
+def _differentiable_counts(bincount, weights, coords):
+    """`bincount(weights)`, with the gradient of a scatter of the weights.
+
+    TensorFlow's bincount kernels have no gradient; as for `scatter_nd`, an
+    entry's weight receives the upstream gradient at its `(row, id)`.
+    """
+
+    @tf.custom_gradient
+    def counts(w):
+        def grad(upstream):
+            return tf.gather_nd(upstream, coords())
+
+        return bincount(w), grad
+
+    return counts(tf.cast(weights, tf.float32))
+
+
+def bag_sums(table, bags, strategy):
+    """Each bag's weighted sum of `table` rows, `(nrows, dim)` in its dtype."""
+    if strategy == "matmul":
+        counts = bags.counts(table.vocab_size)
+        # A bincount's output shape is not inferred; a matmul of unknown
+        # shape runs ~2x slower on CPU (forward + backward, oneDNN).
+        counts.set_shape([None, table.vocab_size])
+        return table.matmul(counts)
+    ids, weights, row, per_row, sorted_rows = bags.entries()
+    vectors = table.gather(ids)
+    if weights is not None:
+        vectors = vectors * tf.cast(weights, table.dtype)[:, None]
+    return bags.row_sums(vectors, row, per_row, sorted_rows)
+
+
+def combine(table, sums, bags, combiner):
+    """Applies `combiner` to bag sums and lays them out in `outer_shape`.
+
+    Empty bags (and bags whose weights are all zero) give a zero vector.
+    """
+    if combiner in ("mean", "sqrtn"):
+        weights = tf.cast(bags.all_weights(), tf.float32)
+        if combiner == "mean":
+            denominator = bags.row_sums(weights)
+        else:
+            denominator = tf.sqrt(bags.row_sums(weights**2))
+        sums = tf.math.divide_no_nan(sums, tf.cast(denominator, sums.dtype)[:, None])
+    outer = tf.cast(bags.outer_shape, tf.int64)
+    out_shape = tf.concat([outer, tf.constant([table.dim], tf.int64)], 0)
+    return tf.reshape(sums, out_shape)
 
 
 def reduce_bags(table, bags, combiner, strategy):
     """Combines each bag's rows of `table` with `"sum"`, `"mean"` or `"sqrtn"`.
 
-    Empty bags (and bags whose weights are all zero) give a zero vector. The
-    sums are computed in the table's dtype.
+    The sums are computed in the table's dtype.
     """
-    dtype = table.dtype
-    weights = bags.weights
-    if strategy == "gather":
-        vectors = table.gather(bags.ids)
-        if weights is not None:
-            vectors = vectors * tf.cast(weights, dtype)[:, None]
-        sums = bags.row_sums(vectors)
-    else:
-        sums = table.matmul(bags.multi_hot(table.vocab_size, dtype))
-    if combiner in ("mean", "sqrtn"):
-        if weights is None:
-            weights = tf.ones_like(bags.ids, dtype=tf.float32)
-        weights = tf.cast(weights, tf.float32)
-        if combiner == "mean":
-            denominator = bags.row_sums(weights)
-        else:
-            denominator = tf.sqrt(bags.row_sums(weights**2))
-        sums = tf.math.divide_no_nan(sums, tf.cast(denominator, dtype)[:, None])
-    outer = tf.cast(bags.outer_shape, tf.int64)
-    out_shape = tf.concat([outer, tf.constant([table.dim], tf.int64)], 0)
-    return tf.reshape(sums, out_shape)
+    return combine(table, bag_sums(table, bags, strategy), bags, combiner)
 
 
 def _weights_dtype(weights, layer_name):
@@ -282,8 +398,8 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
             weights = _matching_values(
                 weights, ids.row_splits, weights.row_splits, "row lengths", layer_name
             )
-        flat, row, nrows = ids.values, ids.value_rowids(), ids.nrows()
-        outer, per_row = tf.reshape(nrows, [1]), None
+        flat, nrows = ids.values, ids.nrows()
+        layout = {"splits": ids.row_splits}
     elif isinstance(ids, tf.SparseTensor):
         if ids.shape.rank != 2:
             raise ValueError(
@@ -295,8 +411,8 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
             weights = _matching_values(
                 weights, ids.indices, weights.indices, "indices", layer_name
             )
-        flat, row, nrows = ids.values, ids.indices[:, 0], ids.dense_shape[0]
-        outer, per_row = tf.reshape(nrows, [1]), None
+        flat, nrows = ids.values, ids.dense_shape[0]
+        layout = {"sparse": (ids.indices, ids.dense_shape)}
     else:
         if ids.shape.rank is not None and ids.shape.rank < 2:
             raise ValueError(
@@ -321,11 +437,10 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
             same_check = _check_same(same, layer_name, "shape")
             weights = tf.reshape(_checks.with_dependency(weights, same_check), [-1])
         shape = tf.shape(ids)
-        per_row = shape[-1]
         outer = shape[:-1]
         nrows = tf.reduce_prod(outer)
         flat = tf.reshape(ids, [-1])
-        row = tf.range(tf.size(flat)) // tf.maximum(per_row, 1)
+        layout = {"per_row": shape[-1], "outer_shape": outer}
         if keep is not None:
             keep = tf.reshape(keep, [-1])
             if weights is None:
@@ -336,25 +451,20 @@ def bags_from_ids(ids, weights, keep, check, combiner, layer_name):
     if weights is not None:
         sign_check = _check_weights(weights, combiner, layer_name)
         weights = _checks.with_dependency(weights, sign_check)
+    keep = None
     if valid is not None:
         weights = tf.ones_like(flat, tf.float32) if weights is None else weights
         weights = tf.cast(weights, tf.float32)
+        weights = tf.where(valid, weights, tf.constant(fill, tf.float32))
         if fill == 0.0 and not _checks.in_xla_context():
-            # Drop invalid ids from their bags outright, so that they send no
-            # gradient (see `_checked_rows`); the bags are no longer rectangular.
-            flat, weights, row = (
-                tf.boolean_mask(t, valid) for t in (flat, weights, row)
-            )
-            per_row = None
-        else:
-            weights = tf.where(valid, weights, tf.constant(fill, tf.float32))
-    sorted_rows = not isinstance(ids, tf.SparseTensor)
-    return Bags(
-        flat, weights, row, nrows, outer, per_row=per_row, sorted_rows=sorted_rows
-    )
+            # Invalid ids weigh 0, and a gather leaves them out of their bags
+            # outright, so that they send no gradient (see `_checked_rows`).
+            keep = valid
+    layout.setdefault("outer_shape", tf.reshape(nrows, [1]))
+    return Bags(flat, weights, nrows, keep=keep, **layout)
 
 
-def bags_from_multi_hot(x, vocab_size, combiner, layer_name, strategy):
+def bags_from_multi_hot(x, vocab_size, combiner, layer_name):
     """Bags from a `(..., vocab_size)` multi-hot / count matrix, dense or sparse.
 
     Entry `x[..., j]` is the weight of id `j` in that row's bag.
@@ -371,38 +481,39 @@ def bags_from_multi_hot(x, vocab_size, combiner, layer_name, strategy):
             f"(batch, {vocab_size}). Received rank {x.shape.rank}."
         )
     # The width may only be known at run time; check it before anything
-    # reshapes or indexes with it.
-    width = x.dense_shape[-1] if isinstance(x, tf.SparseTensor) else tf.shape(x)[-1]
-    width_check = _checks.assert_all(
-        tf.equal(tf.cast(width, tf.int64), vocab_size),
-        width,
-        f"Layer '{_checks.safe_name(layer_name)}' expects multi-hot input with "
-        f"{vocab_size} columns (`vocab_size`). Received {{}} columns.",
-    )
-    index = _checks.index_dtype(vocab_size)
-    dense = None
+    # reshapes or indexes with it (a static width needs no check).
+    if isinstance(x, tf.SparseTensor):
+        width = x.dense_shape[-1]
+    else:
+        width = x.shape[-1] if x.shape.rank else None
+        width = tf.shape(x)[-1] if width is None else width
+    width_check = None
+    if not isinstance(width, int):
+        width_check = _checks.assert_all(
+            tf.equal(tf.cast(width, tf.int64), vocab_size),
+            width,
+            f"Layer '{_checks.safe_name(layer_name)}' expects multi-hot input "
+            f"with {vocab_size} columns (`vocab_size`). Received {{}} columns.",
+        )
     if isinstance(x, tf.SparseTensor):
         indices = _checks.with_dependency(x.indices, width_check)
-        ids = tf.cast(indices[:, 1], index)
-        row, nrows, weights = indices[:, 0], x.dense_shape[0], x.values
-        outer = tf.reshape(nrows, [1])
-    else:
-        outer = tf.shape(x)[:-1]
-        matrix = tf.reshape(_checks.with_dependency(x, width_check), [-1, vocab_size])
-        nrows = tf.shape(matrix)[0]
-        if strategy == "gather":
-            coords = tf.where(tf.not_equal(matrix, 0))
-            ids = tf.cast(coords[:, 1], index)
-            row, weights = coords[:, 0], tf.gather_nd(matrix, coords)
-        else:
-            ids = row = None
-            weights = tf.reshape(matrix, [-1])
-            dense = matrix
-    weights_check = _check_weights(weights, combiner, layer_name)
-    weights = _checks.with_dependency(weights, weights_check)
-    if dense is not None:
-        dense = _checks.with_dependency(dense, weights_check)
-    return Bags(ids, weights, row, nrows, outer, dense)
+        ids = tf.cast(indices[:, 1], _checks.index_dtype(vocab_size))
+        nrows, weights = x.dense_shape[0], x.values
+        weights = _checks.with_dependency(
+            weights, _check_weights(weights, combiner, layer_name)
+        )
+        return Bags(
+            ids,
+            weights,
+            nrows,
+            tf.reshape(nrows, [1]),
+            sparse=(indices, x.dense_shape),
+        )
+    outer = tf.shape(x)[:-1]
+    matrix = tf.reshape(_checks.with_dependency(x, width_check), [-1, vocab_size])
+    weights_check = _check_weights(matrix, combiner, layer_name)
+    matrix = _checks.with_dependency(matrix, weights_check)
+    return Bags(None, None, tf.shape(matrix)[0], outer, dense=matrix)
 
 
 def padding_keep(ids, mask, mask_zero):

@@ -19,6 +19,9 @@ from keras_lookup import _cost_model
 from keras_lookup.dimension_reducer import DimensionReducer
 
 FORMS = _cost_model.FORMS
+# What `bench` can also time (not calibrated: multi-hot rows follow the ragged
+# crossovers): a dense `(rows, V)` count matrix, `input_format="multi_hot"`.
+BENCH_FORMS = FORMS + ("multi_hot",)
 COLUMNS = ("keras Embedding", "keras Dense", "gather", "matmul", "auto")
 # Columns that build a (rows, V) one-hot or count matrix.
 ONE_HOT_COLUMNS = ("keras Dense", "matmul")
@@ -50,6 +53,11 @@ def make_inputs(form, vocab, k, settings, rng):
         return tf.constant(rng.integers(0, vocab, size=shape), tf.int32)
     lengths = rng.integers(max(1, k // 2), k + k // 2 + 1, size=settings.rows)
     ids = rng.integers(0, vocab, size=int(lengths.sum()))
+    if form == "multi_hot":  # the counts of the ragged bags below
+        rows = np.repeat(np.arange(settings.rows), lengths)
+        counts = np.zeros((settings.rows, vocab), np.float32)
+        np.add.at(counts, (rows, ids), 1.0)
+        return tf.constant(counts)
     return tf.RaggedTensor.from_row_lengths(
         tf.constant(ids, tf.int32), tf.constant(lengths, tf.int64)
     )
@@ -63,6 +71,15 @@ def rows_of(inputs):
 
 def one_hot_rows(form, inputs):
     return int(tf.size(inputs)) if form == "single" else rows_of(inputs)
+
+
+def input_ids(form, inputs):
+    """How many ids a batch holds (nonzero counts for multi-hot rows)."""
+    if form == "ragged":
+        return int(tf.size(inputs.flat_values))
+    if form == "multi_hot":
+        return int(tf.math.count_nonzero(inputs))
+    return int(tf.size(inputs))
 
 
 def _touch(gradient):
@@ -103,6 +120,8 @@ def make_column(column, form, vocab, k, settings, inputs):
         layer.build((None, vocab))
 
         def forward(x):
+            if form == "multi_hot":
+                return layer(x)
             if bags:
                 counts = tf.math.bincount(
                     x, minlength=vocab, maxlength=vocab, axis=-1, dtype=tf.float32
@@ -110,6 +129,12 @@ def make_column(column, form, vocab, k, settings, inputs):
                 return layer(tf.reshape(counts, [-1, vocab]))
             return layer(tf.one_hot(x, vocab))
 
+    elif form == "multi_hot":
+        layer = DimensionReducer(
+            vocab, dim, strategy=column, input_format="multi_hot", dtype=dtype
+        )
+        layer.build((None, vocab))
+        forward = layer
     else:
         layer = DimensionReducer(
             vocab,

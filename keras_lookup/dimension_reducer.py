@@ -227,12 +227,10 @@ class DimensionReducer(_base.LookupBase):
 
     def call(self, inputs, weights=None, mask=None):
         if self.input_format == "multi_hot":
-            out = self._multi_hot(inputs, weights)
+            out = self._reduce_per_batch(inputs, self._multi_hot(inputs, weights))
         elif self.combiner is not None:
             bags = self._bags_from_ids(inputs, weights, mask)
-            out = self._per_batch(
-                inputs, lambda strategy, table=None: self._reduce(bags, strategy, table)
-            )
+            out = self._reduce_per_batch(inputs, bags)
         else:
             out = self._lookup_ids(inputs, weights, mask, self._strategy)
         out = tf.cast(out, self.compute_dtype)
@@ -247,21 +245,15 @@ class DimensionReducer(_base.LookupBase):
                 '`input_format="multi_hot"`, where the matrix entries already are '
                 "the weights. Scale the multi-hot matrix instead."
             )
+        return _lookup.bags_from_multi_hot(
+            inputs, self.vocab_size, self.combiner, self.name
+        )
 
-        def reduce(strategy, table=None):
-            bags = _lookup.bags_from_multi_hot(
-                inputs, self.vocab_size, self.combiner, self.name, strategy
-            )
-            return self._reduce(bags, strategy, table)
-
-        return self._per_batch(inputs, reduce)
-
-    def _per_batch(self, inputs, reduce):
-        # `reduce(strategy)`; under "auto", with the strategy the cost model
-        # picks for this batch's ids per row (a `tf.cond` when that is only
-        # known at run time).
+    def _reduce_per_batch(self, inputs, bags):
+        # Under "auto", the strategy the cost model picks for this batch's ids
+        # per row (a `tf.cond` when that is only known at run time).
         if self.strategy != "auto":
-            return reduce(self._strategy)
+            return self._reduce(bags, self._strategy)
         use_matmul = _cost_model.use_matmul(
             self._choice,
             self.vocab_size,
@@ -269,9 +261,13 @@ class DimensionReducer(_base.LookupBase):
             self.input_format == "multi_hot",
             self._calibration,
         )
-        return _cost_model.per_batch(
-            use_matmul, reduce, lambda: _base.table_reader(self, read_once=True)
+        if isinstance(use_matmul, bool):
+            return self._reduce(bags, "matmul" if use_matmul else "gather")
+        table = _base.table_reader(self, read_once=True)
+        sums = _cost_model.per_batch(
+            use_matmul, lambda strategy: _lookup.bag_sums(table, bags, strategy)
         )
+        return _lookup.combine(table, sums, bags, self.combiner or "sum")
 
     def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)

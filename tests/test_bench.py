@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from keras_lookup import bench, calibration
+from keras_lookup import _cost_model, bench, calibration
 
 TINY = [
     "--vocabs", "4", "64",
@@ -46,8 +46,9 @@ def test_bench_module_runs_and_writes_its_outputs(tmp_path):
         assert set(p["min_ms"]) == set(bench.COLUMNS)
         assert all(p["min_ms"][c] <= p["median_ms"][c] for c in bench.COLUMNS)
         assert p["auto_picked"] in ("gather", "matmul")
-        if p["form"] == "single":  # shipped defaults: matmul up to V = 8
-            assert p["auto_picked"] == ("matmul" if p["vocab"] <= 8 else "gather")
+        if p["form"] == "single":  # shipped defaults: matmul up to V*
+            limit = _cost_model.CPU_DEFAULTS["single"][1]
+            assert p["auto_picked"] == ("matmul" if p["vocab"] <= limit else "gather")
         assert p["auto_over_fastest"] > 0
     for form in bench.FORMS:
         assert (out / f"lookup_{form}.png").stat().st_size > 10_000
@@ -69,8 +70,29 @@ def test_large_vocabularies_skip_the_one_hot_columns(tmp_path):
     results = bench.main([*args, "--max-one-hot", "100", "--no-plot"] + [
         "--out", str(tmp_path)
     ])  # fmt: skip
-    assert set(results[0]["min_ms"]) == {"keras Embedding", "gather", "auto"}
-    assert results[0]["fastest"] == "gather"
+    point = results[0]
+    assert set(point["min_ms"]) == {"keras Embedding", "gather", "auto"}
+    # auto is compared with the fastest of every column timed.
+    fastest = min(point["min_ms"].values())
+    assert point["min_ms"][point["fastest"]] == fastest
+    assert point["auto_over_fastest"] == pytest.approx(
+        point["min_ms"]["auto"] / fastest
+    )
+
+
+def test_multi_hot_rows_are_timed_against_keras_dense(tmp_path):
+    args = ["--forms", "multi_hot", "--vocabs", "4", "64", "--ids-per-row", "8"]
+    args += ["--rounds", "1", "--round-ms", "0.1", "--rows", "4", "--dim", "2"]
+    results = bench.main([*args, "--max-one-hot", "100", "--no-plot"] + [
+        "--out", str(tmp_path)
+    ])  # fmt: skip
+    # rows x V = 4 x 64 is above --max-one-hot: the input itself is that big.
+    assert [p["vocab"] for p in results] == [4]
+    point = results[0]
+    assert set(point["min_ms"]) == {"keras Dense", "gather", "matmul", "auto"}
+    assert point["auto_picked"] in ("gather", "matmul")
+    assert point["rows"] == 4 and point["ids"] > 0
+    assert "multi-hot rows of 8 ids" in (tmp_path / "results.md").read_text()
 
 
 def test_calibrate_option_stores_a_calibration():

@@ -9,6 +9,7 @@ from helpers import run_layer_test
 from test_calibration import CROSSOVERS, write_calibration
 
 import keras_lookup
+from keras_lookup import _cost_model
 
 IDS = np.array([[0, 3, 7, 1], [9, 9, 2, 0]], "int32")
 STRATEGIES = ("gather", "matmul")
@@ -300,3 +301,14 @@ def test_bad_arguments(kwargs, message):
     config.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=message):
         keras_lookup.DimensionReducer.from_config(config)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "int8", "int32"])
+def test_multi_hot_batches_count_their_nonzero_entries(dtype):
+    # The per-batch decision counts every nonzero entry once, whatever its
+    # weight, sign or dtype: the entries a gather would read.
+    matrix = np.array([[0, 2, 0, -1], [0, 0, 0, 0], [3, 1, 1, 0]])
+    if dtype.startswith("float"):
+        matrix = matrix * 0.5
+    ids, rows = _cost_model.batch_ids_per_row(tf.constant(matrix, dtype), True)
+    assert float(ids) == 5.0 and int(rows) == 3
