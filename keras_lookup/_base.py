@@ -85,9 +85,7 @@ class LookupBase(keras.layers.Embedding):
         # Not tracked by Keras or for checkpoints: `_embeddings` stands for
         # the logical table there.
         self.__dict__["_table_parts"] = parts
-        self._embeddings = _sharded.logical_variable(
-            parts, _sharded.part_of(parts[0]).logical_name
-        )
+        self._embeddings = _sharded.logical_of(parts[0])
         self.built = True
 
     @property

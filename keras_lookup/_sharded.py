@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.distribute import parameter_server_strategy_v2, sharded_variable
 from tensorflow.python.ops import resource_variable_ops
+from tensorflow.python.trackable import data_structures
 
 from keras_lookup import _tables
 
@@ -112,6 +113,42 @@ def logical_variable(parts, name):
         return sharded_variable.ShardedVariable(
             [part.value for part in parts], name=name
         )
+
+
+def logical_of(variable):
+    """The `ShardedVariable` that a part (of a table or a slot) belongs to."""
+    part = part_of(variable)
+    first = part.parts[0]
+    logical = getattr(first, "_keras_lookup_logical", None)
+    if logical is None:
+        logical = logical_variable(part.parts, part.logical_name)
+        first._keras_lookup_logical = logical
+    return logical
+
+
+def logical_children(children, cache):
+    """Checkpoint children with each list's parts replaced by their logical
+    variable, listed where the first part is: the lists then match those of
+    the unsharded model, and the logical variables are saved as slices that
+    restore into any number of parts. `cache` (a dict kept by the owner)
+    makes every call return the same list objects, as checkpoints require."""
+    out = dict(children)
+    for name, child in children.items():
+        if not isinstance(child, data_structures.List):
+            continue
+        if not any(part_of(v) for v in child):
+            continue
+        key = (name, tuple(id(v) for v in child))
+        if key not in cache:
+            cache[key] = data_structures.List(
+                [
+                    logical_of(v) if part_of(v) else v
+                    for v in child
+                    if part_of(v) is None or part_of(v).index == 0
+                ]
+            )
+        out[name] = cache[key]
+    return out
 
 
 def _create_part(next_creator, device, start, table_shape, seeds, **kwargs):

@@ -115,6 +115,14 @@ class _LazyMixin:
         # A slot of a sharded table's part is that part of the logical slot.
         return _sharded.mark_slot(self, reference_variable, slot, name)
 
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type != "checkpoint":
+            return children
+        # Slots of a sharded table's parts are saved as the logical slot.
+        cache = self.__dict__.setdefault("_keras_lookup_logical_lists", {})
+        return _sharded.logical_children(children, cache)
+
     def apply(self, grads, trainable_variables=None):
         if self.loss_scale_factor is not None:
             # Keras unscales with `g / loss_scale_factor`, which plain
