@@ -9,7 +9,6 @@ so a sharded table must give what the unsharded one gives.
 import os
 
 import numpy as np
-
 from helpers import run_python
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +28,9 @@ dense = tf.constant(rng.integers(0, V, (4, 3)), tf.int32)
 weights = tf.constant(rng.uniform(0.5, 2.0, (4, 3)), tf.float32)
 keep = tf.constant(rng.uniform(size=(4, 3)) > 0.3)
 ragged = tf.ragged.constant([[1, 10, 3], [], [4], [5, 5, 0, 9]], tf.int32)
-sparse = tf.sparse.from_dense(tf.constant([[1, 0, 3], [0, 0, 0], [4, 7, 0], [10, 2, 2]]))
+sparse = tf.sparse.from_dense(
+    tf.constant([[1, 0, 3], [0, 0, 0], [4, 7, 0], [10, 2, 2]])
+)
 sparse_w = tf.SparseTensor(
     sparse.indices, tf.linspace(0.5, 2.0, tf.size(sparse.values)), sparse.dense_shape
 )
@@ -40,18 +41,29 @@ multi_hot = tf.constant(rng.integers(0, 3, (4, V)), tf.float32)
 FORMS = """
 E, R = keras_lookup.Embedding, keras_lookup.DimensionReducer
 CASES = {
+    # name: (layer, call arguments, call keyword arguments)
     "single_dense": (lambda: E(V, D), (dense,), {}),
     "single_ragged": (lambda: E(V, D), (ragged,), {}),
     "single_sparse": (lambda: E(V, D), (sparse,), {}),
-    "mean_dense_weighted": (lambda: E(V, D, combiner="mean"), (dense,), {"weights": weights}),
+    "mean_dense_weighted": (
+        lambda: E(V, D, combiner="mean"), (dense,), {"weights": weights}
+    ),
     "sum_ragged": (lambda: E(V, D, combiner="sum"), (ragged,), {}),
-    "sqrtn_sparse_weighted": (lambda: E(V, D, combiner="sqrtn"), (sparse,), {"weights": sparse_w}),
+    "sqrtn_sparse_weighted": (
+        lambda: E(V, D, combiner="sqrtn"), (sparse,), {"weights": sparse_w}
+    ),
     "mean_mask_zero": (lambda: E(V, D, combiner="mean", mask_zero=True), (dense,), {}),
     "sum_mask_argument": (lambda: E(V, D, combiner="sum"), (dense,), {"mask": keep}),
     "invalid_zeros_single": (lambda: E(V, D, invalid_ids="zeros"), (bad,), {}),
-    "invalid_zeros_bags": (lambda: E(V, D, combiner="sum", invalid_ids="zeros"), (bad,), {}),
-    "reducer_bags_bias": (lambda: R(V, D, combiner="mean", use_bias=True), (dense,), {}),
-    "reducer_multi_hot": (lambda: R(V, D, input_format="multi_hot", combiner="sum"), (multi_hot,), {}),
+    "invalid_zeros_bags": (
+        lambda: E(V, D, combiner="sum", invalid_ids="zeros"), (bad,), {}
+    ),
+    "reducer_bags_bias": (
+        lambda: R(V, D, combiner="mean", use_bias=True), (dense,), {}
+    ),
+    "reducer_multi_hot": (
+        lambda: R(V, D, input_format="multi_hot", combiner="sum"), (multi_hot,), {}
+    ),
     "reducer_single_auto": (lambda: R(V, D), (dense,), {}),
 }
 O = keras_lookup.optimizers
@@ -126,7 +138,9 @@ for case, optimizer in runs:
             ]
         return start["w"]
     _, outs, final, _, _ = train(case, optimizer, False, initial)
-    layer, sharded_outs, sharded_final, seen, opt = train(case, optimizer, True, initial)
+    layer, sharded_outs, sharded_final, seen, opt = train(
+        case, optimizer, True, initial
+    )
     for a, b in zip(outs, sharded_outs):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=case + optimizer)
     for a, b in zip(final, sharded_final):
