@@ -108,12 +108,14 @@ class Launcher:
     def start(self, name, command, env=None, restart=False, hide=None):
         """Starts `command` as the child `name`; returns the `Child`.
 
-        `env` is added to this process's environment; `restart=True` starts
+        `env` is added to this process's environment (a `None` value removes
+        the variable); `restart=True` starts
         the same command again whenever it dies; `hide(line)` says which of
         its output lines are not relayed (they are kept in `Child.lines`).
         """
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env = {key: value for key, value in env.items() if value is not None}
         child = Child(name, command, env, restart, hide)
         child.start()
         with self._lock:
