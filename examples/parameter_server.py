@@ -35,7 +35,8 @@ part by part, 64 MiB at a time) and `DIR/summary.json`.
 Test hooks (environment variables read by the coordinator):
 `PARAMETER_SERVER_TEST_KILL_AFTER_STEP=S` SIGKILLs the coordinator (its
 children die with it) right after the checkpoint of step S;
-`PARAMETER_SERVER_TEST_KILL_WORKER_AT_STEP=S` SIGKILLs worker 0 at step S.
+`PARAMETER_SERVER_TEST_KILL_TASK="worker 0@S"` (or `"ps 1@S"`) SIGKILLs that
+task of `--local-cluster` once step S is scheduled.
 """
 
 import argparse
@@ -52,7 +53,7 @@ import _launcher
 import numpy as np
 
 KILL_AFTER_STEP = "PARAMETER_SERVER_TEST_KILL_AFTER_STEP"
-KILL_WORKER_AT_STEP = "PARAMETER_SERVER_TEST_KILL_WORKER_AT_STEP"
+KILL_TASK = "PARAMETER_SERVER_TEST_KILL_TASK"
 OPTIMIZERS = ("lazy_adam", "lazy_adagrad", "rowwise_adagrad", "rowwise_adam")
 MODES = {
     "full": {
@@ -262,7 +263,8 @@ def run(args, strategy=None, coordinator=None, launcher=None):
             start_step = int(manager.latest_checkpoint.rsplit("-", 1)[1])
             print(f"resumed from step {start_step}")
     kill_after = int(os.environ.get(KILL_AFTER_STEP, -1))
-    kill_worker_at = int(os.environ.get(KILL_WORKER_AT_STEP, -1))
+    kill_task, _, kill_task_at = os.environ.get(KILL_TASK, "@-1").partition("@")
+    kill_task_at = int(kill_task_at)
 
     def save(done):
         if coordinator:
@@ -285,9 +287,10 @@ def run(args, strategy=None, coordinator=None, launcher=None):
             losses.append(coordinator.schedule(step, args=(x, labels)))
         else:
             losses.append(step(x, labels))
-        if i == kill_worker_at and launcher:
-            child = next(c for c in launcher.children if c.name == "worker 0")
-            print(f"test hook: killing worker 0 (pid {child.pid}) at step {i}")
+        if i == kill_task_at and launcher:
+            child = next(c for c in launcher.children if c.name == kill_task)
+            print(f"test hook: killing {kill_task} (pid {child.pid}) at step {i}")
+            sys.stdout.flush()
             os.kill(child.pid, signal.SIGKILL)
         if i + 1 - start_step == 10:
             if coordinator:
@@ -425,7 +428,10 @@ def local_cluster(args, argv):
                     },
                     restart=task_type == "worker",
                 )
-        watch = threading.Thread(target=_watch_ps, args=(launcher, args), daemon=True)
+        done = threading.Event()
+        watch = threading.Thread(
+            target=_watch_ps, args=(launcher, args, done), daemon=True
+        )
         watch.start()
         from _startup import import_keras
 
@@ -433,20 +439,29 @@ def local_cluster(args, argv):
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             tf.train.ClusterSpec(cluster), rpc_layer="grpc"
         )
-        coordinate(args, resolver, launcher)
+        try:
+            coordinate(args, resolver, launcher)
+        finally:
+            done.set()
+            watch.join()
+    # The coordinator's background threads would now report the tasks just
+    # stopped as failures (and try to reconnect): the run is over, so leave.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
-def _watch_ps(launcher, args):
+def _watch_ps(launcher, args, done):
     # The coordinator may be blocked waiting on a ps task that is gone: this
     # thread restarts dead workers and ends the run when a ps task dies.
-    while True:
+    while not done.is_set():
         failure = launcher.check()
         if failure:
             print(ps_died(failure, args), file=sys.stderr)
             sys.stderr.flush()
             launcher.stop()
             os._exit(1)
-        time.sleep(0.5)
+        done.wait(0.5)
 
 
 def main(argv=None):
