@@ -65,6 +65,18 @@ CASES = {
         lambda: R(V, D, input_format="multi_hot", combiner="sum"), (multi_hot,), {}
     ),
     "reducer_single_auto": (lambda: R(V, D), (dense,), {}),
+    # Applied part by part, on each part's ps task.
+    "l2_and_row_norm": (
+        lambda: E(
+            V,
+            D,
+            combiner="sum",
+            embeddings_regularizer=keras.regularizers.L2(0.1),
+            embeddings_constraint=keras.constraints.MaxNorm(0.3, axis=1),
+        ),
+        (dense,),
+        {},
+    ),
 }
 O = keras_lookup.optimizers
 OPTIMIZERS = {
@@ -92,7 +104,7 @@ def train(case, optimizer, sharded, initial, steps=3):
     def body():
         with tf.GradientTape() as tape:
             out = dense_out(layer(*args, **kwargs))
-            loss = tf.reduce_sum(tf.square(out - 0.3))
+            loss = tf.reduce_sum(tf.square(out - 0.3)) + sum(layer.losses)
         grads = tape.gradient(loss, layer.trainable_variables)
         seen.append([type(g).__name__ for g in grads])
         opt.apply(grads, layer.trainable_variables)
@@ -145,9 +157,11 @@ for case, optimizer in runs:
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=case + optimizer)
     for a, b in zip(final, sharded_final):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=case + optimizer)
-    # Nothing densifies a part: each part's gradient is row-sparse.
+    # Nothing densifies a part: each part's gradient is row-sparse (but a
+    # regularizer's gradient is a dense one, as on one machine).
     for names in seen:
-        assert names[:3] == ["IndexedSlices"] * 3, (case, names)
+        sparse = case != "l2_and_row_norm"
+        assert (names[:3] == ["IndexedSlices"] * 3) == sparse, (case, names)
     # Each part's slots are that part of the slot, on the part's ps task.
     slots = [v for v in opt.variables if hasattr(v, "_keras_lookup_part")]
     if optimizer.startswith(("lazy", "rowwise")):
