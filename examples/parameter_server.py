@@ -441,6 +441,16 @@ def local_cluster(args, argv):
         )
         try:
             coordinate(args, resolver, launcher)
+        except Exception:
+            # A step that failed because a ps task died: say that, not how.
+            time.sleep(1)
+            failure = launcher.check()
+            if failure and failure.startswith("ps "):
+                print(ps_died(failure, args), file=sys.stderr)
+                sys.stderr.flush()
+                launcher.stop()
+                os._exit(1)
+            raise
         finally:
             done.set()
             watch.join()
@@ -456,7 +466,7 @@ def _watch_ps(launcher, args, done):
     # thread restarts dead workers and ends the run when a ps task dies.
     while not done.is_set():
         failure = launcher.check()
-        if failure:
+        if failure and not done.is_set():
             print(ps_died(failure, args), file=sys.stderr)
             sys.stderr.flush()
             launcher.stop()
