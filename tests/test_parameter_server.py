@@ -200,6 +200,13 @@ with strategy.scope():
     auto = keras_lookup.DimensionReducer(V, D, combiner="sum")
     auto.build()
 assert auto.strategy_choice.strategy == "gather", auto.strategy_choice
+# `weights=` takes the logical table.
+table = np.arange(V * D, dtype="float32").reshape(V, D)
+with strategy.scope():
+    given = keras_lookup.Embedding(V, D, weights=table)
+assert len(given.table_parts) == 2
+np.testing.assert_array_equal(given.get_weights()[0], table)
+np.testing.assert_array_equal(given(tf.constant([10, 0])).numpy(), table[[10, 0]])
 split = "split across parameter servers"
 raises(NotImplementedError, [split, "reverse=True"],
        lambda: layer(tf.zeros((2, D)), reverse=True))
@@ -277,6 +284,12 @@ expected = np.load(os.path.join(folder, "expected.npz"))
 for a, b in zip(plain.get_weights(), expected.values()):
     np.testing.assert_array_equal(a, b)
 keras_lookup.save_state(plain, os.path.join(folder, "ckpt_plain"))
+# A .weights.h5 file of the sharded model holds the logical table too.
+model.save_weights(os.path.join(folder, "sharded.weights.h5"))
+plain = build(optimizer=False)
+plain.load_weights(os.path.join(folder, "sharded.weights.h5"))
+for a, b in zip(plain.get_weights(), expected.values()):
+    np.testing.assert_array_equal(a, b)
 plain = build()
 keras_lookup.load_state(plain, os.path.join(folder, "state"))
 keras_lookup.save_state(plain, os.path.join(folder, "state_plain"))
