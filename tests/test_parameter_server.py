@@ -328,3 +328,31 @@ print("done")
         saved = np.load(tmp_path / "state" / name)
         for other in ("state_plain", "state_two", "ckpt_plain", "ckpt_two"):
             np.testing.assert_array_equal(np.load(tmp_path / other / name), saved)
+
+
+def test_parts_are_filled_with_the_rows_of_the_whole_table(monkeypatch):
+    # Parts starting off a group of four entries (3 per row), in many slices.
+    import keras
+    import tensorflow as tf
+    from tensorflow.python.ops import resource_variable_ops
+
+    from keras_lookup import _sharded, _tables
+
+    monkeypatch.setattr(_tables, "SLICE_SIZE", 8)
+    shape = (50, 3)
+    for initializer in (
+        keras.initializers.RandomUniform(-1.0, 1.0, seed=3),
+        keras.initializers.TruncatedNormal(seed=4),
+        keras.initializers.GlorotNormal(seed=5),
+        keras.initializers.Constant(0.5),
+        keras.initializers.Orthogonal(seed=6),
+    ):
+        whole = np.asarray(initializer(shape, "float32"))
+        seeds, rows = {}, []
+        for start, stop in ((0, 17), (17, 34), (34, 50)):
+            part = resource_variable_ops.UninitializedVariable(
+                shape=(stop - start, 3), dtype=tf.float32
+            )
+            _sharded.fill_rows(part, initializer, shape, start, tf.float32, seeds)
+            rows.append(part.numpy())
+        np.testing.assert_array_equal(np.concatenate(rows), whole, err_msg=initializer)
