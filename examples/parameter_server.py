@@ -425,6 +425,9 @@ def local_cluster(args, argv):
                     env={
                         "TF_CONFIG": json.dumps(tf_config),
                         "KERAS_BACKEND": "tensorflow",
+                        # Unset unless the user set it: the children then
+                        # leave out TensorFlow's start-up log (_startup.py).
+                        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL"),
                     },
                     restart=task_type == "worker",
                 )
