@@ -59,7 +59,7 @@ MODES = {
     "full": {
         "buckets": 2**22,
         "dim": 64,
-        "steps": 1000,
+        "steps": 400,
         "batch_size": 64,
         "max_ids": 256,
     },
