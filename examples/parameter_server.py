@@ -212,7 +212,7 @@ def train_fn(model, keras, tf):
     return step
 
 
-def evaluate(model, x, y, batch=512):
+def evaluate(model, x, y, batch=128):
     # On the coordinator: each batch reads only its rows from the ps tasks.
     correct = 0
     for start in range(0, len(x), batch):
@@ -308,21 +308,23 @@ def run(args, strategy=None, coordinator=None, launcher=None):
         per_step = (ended - warm) / (args.steps - warm_step)
     accuracy = evaluate(model, ids[test], y[test])
     baseline = float(np.bincount(y[test]).max() / len(test))
-    rss = {"coordinator" if strategy else "single process": peak_rss_mib()}
-    if launcher:
-        for child in launcher.children:
-            rss[child.name] = peak_rss_mib(child.pid)
     print(
         f"Trained steps {start_step}..{args.steps} in {ended - began:.1f} s"
         + (f" ({per_step * 1000:.1f} ms a step after 10)" if per_step else "")
         + f"; final loss {last_loss:.4f}; held-out accuracy {accuracy:.1%} "
         f"(majority-class baseline {baseline:.1%})."
     )
-    for name, mib in rss.items():
-        print(f"peak RSS {name}: {mib:.0f} MiB" if mib else f"peak RSS {name}: ?")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         keras_lookup.save_state(model, args.out)
+    # Read last: the peaks of the whole run, saving included.
+    rss = {"coordinator" if strategy else "single process": peak_rss_mib()}
+    if launcher:
+        for child in launcher.children:
+            rss[child.name] = peak_rss_mib(child.pid)
+    for name, mib in rss.items():
+        print(f"peak RSS {name}: {mib:.0f} MiB" if mib else f"peak RSS {name}: ?")
+    if args.out:
         _data.write_json(
             os.path.join(args.out, "summary.json"),
             {

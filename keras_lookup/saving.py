@@ -127,7 +127,10 @@ def save_state(model, folder):
             # read on its ps task), as the one logical array it stands for.
             for value, _ in values:
                 part_shape = tuple(int(n) for n in value.shape)
-                for start, stop in _row_slices(part_shape):
+                # A part's slices are read on its ps task and sent over the
+                # network: smaller ones keep that task's peak memory low.
+                size = SLICE_SIZE // 8 if len(values) > 1 else SLICE_SIZE
+                for start, stop in _row_slices(part_shape, size):
                     f.write(_read_rows(value, start, stop).tobytes())
                 _disable_copy_on_read(value)
         entries.append({"file": name, "path": path, "shape": list(shape)})
@@ -243,11 +246,11 @@ def _backend_variable(variable):
     return getattr(variable, "value", variable)
 
 
-def _row_slices(shape):
+def _row_slices(shape, size=SLICE_SIZE):
     if not shape:
         return [(0, 1)]
     row_bytes = max(1, math.prod(shape[1:]) * 4)
-    rows = max(1, SLICE_SIZE * 4 // row_bytes)
+    rows = max(1, size * 4 // row_bytes)
     return [(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
 
 
