@@ -46,13 +46,11 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
 
 import _data
+import _launcher
 import numpy as np
 
 KILL_AFTER_STEP = "MULTI_WORKER_TEST_KILL_AFTER_STEP"
@@ -211,26 +209,6 @@ def per_mode(flag):
 # Launcher: --local-workers N
 
 
-def free_ports(count):
-    """`count` distinct free TCP ports on 127.0.0.1.
-
-    The sockets are held open until all are picked, so the ports differ; they
-    are free again (for the workers to bind) once this returns. Another
-    program could take one in between; the workers then fail to start, and
-    the launcher reports it.
-    """
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def worker_argv(argv):
     """The command line minus `--local-workers N`."""
     out, skip = [], False
@@ -244,30 +222,9 @@ def worker_argv(argv):
     return out
 
 
-def _die_with_parent():
-    # Linux: the worker gets SIGKILL if the launcher dies (killed by a test's
-    # timeout, say), instead of waiting forever in a collective. Elsewhere the
-    # launcher's own cleanup is all there is.
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-
-
-def _relay(process, index, lines):
-    for line in process.stdout:
-        lines.append(line)
-        if RESULT.match(line):
-            continue  # for `summarize`, not for the reader
-        sys.stdout.write(f"[worker {index}] {line}")
-        sys.stdout.flush()
-
-
 def launch(args, argv):
     count = args.local_workers
-    ports = free_ports(count)
+    ports = _launcher.free_ports(count)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     threads = args.threads or max(1, (os.cpu_count() or 1) // count)
     command = [sys.executable, os.path.abspath(__file__), *worker_argv(argv)]
@@ -283,73 +240,22 @@ def launch(args, argv):
     )
     sys.stdout.flush()
     start = time.perf_counter()
-    processes, relays, outputs = [], [], []
-    try:
+    with _launcher.Launcher() as launcher:
         for index in range(count):
             tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-            env = dict(
-                os.environ,
-                TF_CONFIG=json.dumps(tf_config),
-                KERAS_BACKEND="tensorflow",
-                PYTHONUNBUFFERED="1",
+            launcher.start(
+                f"worker {index}",
+                command,
+                env={"TF_CONFIG": json.dumps(tf_config), "KERAS_BACKEND": "tensorflow"},
+                # Result lines are for `summarize`, not for the reader.
+                hide=RESULT.match,
             )
-            env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            processes.append(
-                subprocess.Popen(
-                    command,
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-                )
-            )
-        for index, process in enumerate(processes):
-            outputs.append([])
-            relay = threading.Thread(
-                target=_relay, args=(process, index, outputs[-1]), daemon=True
-            )
-            relay.start()
-            relays.append(relay)
-        failure = _wait(processes, start + args.timeout)
-    finally:
-        # Whatever happened, no worker outlives the launcher: each is killed
-        # by its PID (a worker left alone would wait for its peers forever).
-        for process in processes:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-    for relay in relays:
-        relay.join(timeout=5)
+        failure = launcher.wait(start + args.timeout)
+    outputs = [child.lines for child in launcher.children]
     seconds = time.perf_counter() - start
     if failure is not None:
         raise SystemExit(f"error: {failure}; the other workers were stopped.")
     summarize(args, count, outputs, seconds)
-
-
-def _describe_exit(code):
-    if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with status {code}"
-
-
-def _wait(processes, deadline):
-    """None once every worker exited with 0, else what went wrong."""
-    while True:
-        codes = [p.poll() for p in processes]
-        for index, code in enumerate(codes):
-            if code not in (None, 0):
-                pid = processes[index].pid
-                return f"worker {index} (pid {pid}) {_describe_exit(code)}"
-        if all(code == 0 for code in codes):
-            return None
-        if time.perf_counter() > deadline:
-            running = [i for i, c in enumerate(codes) if c is None]
-            return (
-                f"timed out: worker(s) {', '.join(map(str, running))} still running "
-                "after --timeout seconds; raise --timeout for a bigger run"
-            )
-        time.sleep(0.1)
 
 
 def summarize(args, count, outputs, seconds):

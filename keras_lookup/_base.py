@@ -11,10 +11,11 @@ never dequantized or merged as a whole to look up a few rows.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import quantizers
 
-from keras_lookup import _checks, _layer_utils, _lookup, _tables
+from keras_lookup import _checks, _layer_utils, _lookup, _sharded, _tables
 
 try:  # Keras's own grouped int4 dequantization, when it has one.
     from keras.src.quantizers.quantizers import dequantize_with_sz_map
@@ -55,9 +56,100 @@ class LookupBase(keras.layers.Embedding):
     def build(self, input_shape=None):
         if self.built:
             return
+        shape = (self.input_dim, self.output_dim)
+        if _sharded.plan(shape, self.variable_dtype) is not None:
+            return self._build_sharded(shape)
         # Large tables are filled in slices, with the same values (_tables).
         with _tables.in_place():
             super().build(input_shape)
+
+    def _build_sharded(self, shape):
+        # Under `ParameterServerStrategy` with a `variable_partitioner`: the
+        # table's row blocks, each a Keras variable on its ps task (_sharded).
+        if self.quantization_mode:
+            raise _sharded.not_shardable(
+                self.name,
+                f"quantization ({self.quantization_mode!r})",
+                "a float dtype policy",
+            )
+        if self.lora_rank:
+            raise _sharded.not_shardable(self.name, "LoRA", "full fine-tuning")
+        parts = _sharded.build_table(
+            self,
+            "embeddings",
+            shape,
+            self.embeddings_initializer,
+            self.embeddings_regularizer,
+            self.embeddings_constraint,
+        )
+        # Not tracked by Keras or for checkpoints: `_embeddings` stands for
+        # the logical table there.
+        self.__dict__["_table_parts"] = parts
+        self._embeddings = _sharded.logical_of(parts[0])
+        self.built = True
+
+    @property
+    def table_parts(self):
+        """The table's row blocks when it is sharded, else `None`."""
+        return self.__dict__.get("_table_parts")
+
+    def enable_lora(self, rank, *args, **kwargs):
+        if self.table_parts:
+            raise _sharded.not_shardable(self.name, "LoRA", "full fine-tuning")
+        return super().enable_lora(rank, *args, **kwargs)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        if self.table_parts:
+            raise _sharded.not_shardable(
+                self.name, f"quantization ({mode!r})", "a float table"
+            )
+        return super().quantize(mode, type_check=type_check, config=config)
+
+    # A sharded layer's weights are its parts; these speak the logical
+    # `(input_dim, output_dim)` table, as on one machine.
+    def _parts_span(self):
+        parts = self.table_parts
+        first = next(i for i, w in enumerate(self.weights) if w is parts[0])
+        return first, first + len(parts)
+
+    def get_weights(self):
+        weights = super().get_weights()
+        if not self.table_parts:
+            return weights
+        start, stop = self._parts_span()
+        table = np.concatenate(weights[start:stop], axis=0)
+        return weights[:start] + [table] + weights[stop:]
+
+    def set_weights(self, weights):
+        if not self.table_parts:
+            return super().set_weights(weights)
+        start, stop = self._parts_span()
+        weights = list(weights)
+        if len(weights) != len(self.weights) - (stop - start) + 1:
+            raise ValueError(
+                f"Layer '{self.name}' expects {len(self.weights) - stop + start + 1} "
+                f"weights (the whole table first). Received {len(weights)}."
+            )
+        table = np.asarray(weights[start])
+        if table.shape != (self.input_dim, self.output_dim):
+            raise ValueError(
+                f"Layer '{self.name}' expects a table of shape "
+                f"{(self.input_dim, self.output_dim)}. Received {table.shape}."
+            )
+        bounds = np.cumsum([0] + [int(p.shape[0]) for p in self.table_parts])
+        pieces = [table[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        super().set_weights(weights[:start] + pieces + weights[start + 1 :])
+
+    def save_own_variables(self, store):
+        if not self.table_parts:
+            return super().save_own_variables(store)
+        for index, value in enumerate(self.get_weights()):
+            store[str(index)] = value
+
+    def load_own_variables(self, store):
+        if not self.table_parts:
+            return super().load_own_variables(store)
+        self.set_weights([store[str(i)] for i in range(len(store.keys()))])
 
     # Keras routes quantized layers to `_int8_call` / `_int4_call`; `call`
     # reads quantized tables itself.
@@ -128,6 +220,13 @@ def table_reader(layer, read_once=False):
     With `read_once`, a float table is read densely, once, here: cheaper than
     reading the variable in both branches of a per-batch `tf.cond`.
     """
+    if layer.table_parts:
+        return _sharded.ShardedTableReader(
+            [_layer_utils.sparse_readable(part) for part in layer.table_parts],
+            layer.input_dim,
+            layer.output_dim,
+            layer.name,
+        )
     mode = layer.quantization_mode
     lora = None
     if layer.lora_enabled:

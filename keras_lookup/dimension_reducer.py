@@ -1,7 +1,7 @@
 import keras
 import tensorflow as tf
 
-from keras_lookup import _base, _checks, _cost_model, _layer_utils, _lookup
+from keras_lookup import _base, _checks, _cost_model, _layer_utils, _lookup, _sharded
 
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
@@ -192,6 +192,8 @@ class DimensionReducer(_base.LookupBase):
         # the bias comes first, in 0.1's weight order (kernel, bias).
         lora_rank, self.lora_rank = self.lora_rank, None
         super().build(input_shape)
+        if self.table_parts:
+            self._gather_from_parts()
         self.bias = None
         if self.use_bias:
             self.bias = self.add_weight(
@@ -204,6 +206,17 @@ class DimensionReducer(_base.LookupBase):
         self.lora_rank = lora_rank
         if lora_rank:
             self.enable_lora(lora_rank, self.lora_alpha)
+
+    def _gather_from_parts(self):
+        # A matmul reads the whole table; parts on ps tasks are gathered from.
+        if self.strategy == "matmul":
+            raise _sharded.not_shardable(
+                self.name, 'strategy="matmul"', 'strategy="gather" (or "auto")'
+            )
+        self._strategy = "gather"
+        self._choice = _cost_model.StrategyChoice(
+            "gather", "the table is split across parameter servers"
+        )
 
     @property
     def variable_serialization_spec(self):
@@ -219,7 +232,7 @@ class DimensionReducer(_base.LookupBase):
         A `StrategyChoice(strategy, reason, min_ids_per_row)`; `strategy` is
         `"gather"`, `"matmul"` or `"per_batch"`.
         """
-        if self.strategy != "auto":
+        if self.strategy != "auto" or self.table_parts:
             return self._choice
         return _cost_model.with_bag_width(
             self._choice, self.vocab_size, self._bag_width, self._calibration
@@ -252,7 +265,7 @@ class DimensionReducer(_base.LookupBase):
     def _reduce_per_batch(self, inputs, bags):
         # Under "auto", the strategy the cost model picks for this batch's ids
         # per row (a `tf.cond` when that is only known at run time).
-        if self.strategy != "auto":
+        if self.strategy != "auto" or self.table_parts:
             return self._reduce(bags, self._strategy)
         use_matmul = _cost_model.use_matmul(
             self._choice,

@@ -110,10 +110,9 @@ def save_state(model, folder):
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     entries = []
-    for index, variable in enumerate(_state_variables(model)):
-        value = _backend_variable(variable)
-        shape = tuple(int(n) for n in value.shape)
-        dtype = np.dtype(value.dtype.as_numpy_dtype)
+    for index, (path, shape, parts) in enumerate(_logical_variables(model)):
+        values = [(_backend_variable(v), start) for v, start in parts]
+        dtype = np.dtype(values[0][0].dtype.as_numpy_dtype)
         name = f"{index:05d}.npy"
         with open(os.path.join(folder, name), "wb") as f:
             np.lib.format.write_array_header_1_0(
@@ -124,10 +123,17 @@ def save_state(model, folder):
                     "shape": shape,
                 },
             )
-            for start, stop in _row_slices(shape):
-                f.write(_read_rows(value, start, stop).tobytes())
-        _disable_copy_on_read(value)
-        entries.append({"file": name, "path": variable.path, "shape": list(shape)})
+            # A sharded variable is written part after part (each part's rows
+            # read on its ps task), as the one logical array it stands for.
+            for value, _ in values:
+                part_shape = tuple(int(n) for n in value.shape)
+                # A part's slices are read on its ps task and sent over the
+                # network: smaller ones keep that task's peak memory low.
+                size = SLICE_SIZE // 8 if len(values) > 1 else SLICE_SIZE
+                for start, stop in _row_slices(part_shape, size):
+                    f.write(_read_rows(value, start, stop).tobytes())
+                _disable_copy_on_read(value)
+        entries.append({"file": name, "path": path, "shape": list(shape)})
     # Written last: a folder without it (an interrupted save) does not load.
     with open(os.path.join(folder, _MANIFEST), "w") as f:
         json.dump({"variables": entries}, f, indent=1)
@@ -160,41 +166,50 @@ def load_state(model, folder):
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)
-    variables = _state_variables(model)
+    variables = _logical_variables(model)
     if len(variables) != len(entries):
         raise ValueError(
             f"The model has {len(variables)} variables (optimizer included) but "
             f"{folder!r} holds {len(entries)}. Build and compile the model as the "
             "saved one was."
         )
-    for variable, entry in zip(variables, entries, strict=True):
-        if list(variable.shape) != entry["shape"]:
+    for (path, shape, _), entry in zip(variables, entries, strict=True):
+        if list(shape) != entry["shape"]:
             raise ValueError(
-                f"Variable {variable.path!r} has shape {tuple(variable.shape)}, but "
+                f"Variable {path!r} has shape {tuple(shape)}, but "
                 f"{folder!r} holds {tuple(entry['shape'])} for it (saved as "
                 f"{entry['path']!r}). Build the model as the saved one was."
             )
-    for variable, entry in zip(variables, entries, strict=True):
-        value = _backend_variable(variable)
+    for (_, _, parts), entry in zip(variables, entries, strict=True):
+        values = [(_backend_variable(v), start) for v, start in parts]
         with open(os.path.join(folder, entry["file"]), "rb") as f:
             version = np.lib.format.read_magic(f)
             if version != (1, 0):
                 raise ValueError(f"{f.name!r} was not written by `save_state`.")
             shape, _, dtype = np.lib.format.read_array_header_1_0(f)
             if not shape:
-                value.assign(np.fromfile(f, dtype, count=1).reshape(()))
+                values[0][0].assign(np.fromfile(f, dtype, count=1).reshape(()))
                 continue
             row = int(np.prod(shape[1:]))
             for start, stop in _row_slices(shape):
                 rows = np.fromfile(f, dtype, count=(stop - start) * row)
-                tf.raw_ops.ResourceStridedSliceAssign(
-                    ref=value.handle,
-                    begin=[start] + [0] * (len(shape) - 1),
-                    end=[stop] + list(shape[1:]),
-                    strides=[1] * len(shape),
-                    value=rows.reshape((stop - start,) + tuple(shape[1:])),
-                )
-        _disable_copy_on_read(value)
+                rows = rows.reshape((stop - start,) + tuple(shape[1:]))
+                # Each part (one, unless the variable is sharded) takes the
+                # rows of this slice that it holds, whatever the saved split.
+                for value, first in values:
+                    low = max(start, first)
+                    high = min(stop, first + int(value.shape[0]))
+                    if low >= high:
+                        continue
+                    tf.raw_ops.ResourceStridedSliceAssign(
+                        ref=value.handle,
+                        begin=[low - first] + [0] * (len(shape) - 1),
+                        end=[high - first] + list(shape[1:]),
+                        strides=[1] * len(shape),
+                        value=rows[low - start : high - start],
+                    )
+        for value, _ in values:
+            _disable_copy_on_read(value)
 
 
 def _state_variables(model):
@@ -205,15 +220,37 @@ def _state_variables(model):
     return variables
 
 
+def _logical_variables(model):
+    """`[(path, shape, [(variable, first_row)])]`, one per logical variable.
+
+    A sharded table (and each optimizer slot of it) is one logical variable
+    made of its parts, listed where its first part is, so that a sharded model
+    lists what the same model built in one process lists.
+    """
+    from keras_lookup import _sharded
+
+    out = []
+    for variable in _state_variables(model):
+        part = _sharded.part_of(variable)
+        shape = tuple(int(n) for n in variable.shape)
+        if part is None:
+            out.append((variable.path, shape, [(variable, 0)]))
+        elif part.index == 0:
+            path = variable.path.rsplit("/", 1)[0] + "/" + part.logical_name
+            parts = [(p, _sharded.part_of(p).start) for p in part.parts]
+            out.append((path, part.logical_shape, parts))
+    return out
+
+
 def _backend_variable(variable):
     return getattr(variable, "value", variable)
 
 
-def _row_slices(shape):
+def _row_slices(shape, size=SLICE_SIZE):
     if not shape:
         return [(0, 1)]
     row_bytes = max(1, math.prod(shape[1:]) * 4)
-    rows = max(1, SLICE_SIZE * 4 // row_bytes)
+    rows = max(1, size * 4 // row_bytes)
     return [(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
 
 

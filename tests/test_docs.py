@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import run_python
 
 import keras_lookup
 from keras_lookup import optimizers
@@ -47,6 +48,11 @@ def test_every_guide_opens_with_code():
 
 @pytest.mark.parametrize("name, code", list(_blocks()))
 def test_code_block_runs(name, code, monkeypatch):
+    if "tf.distribute.Server(" in code:
+        # TensorFlow joins a process to one cluster only: a block that starts
+        # one runs in a process of its own.
+        run_python(code, ROOT)
+        return
     monkeypatch.chdir(ROOT)
     exec(compile(code, name, "exec"), {"__name__": "__docs__"})
 

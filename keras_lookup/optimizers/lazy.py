@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_lookup import _checks, _tables
+from keras_lookup import _checks, _sharded, _tables
 from keras_lookup.optimizers._validation import (
     check_bool,
     check_learning_rate,
@@ -105,6 +105,23 @@ class _LazyMixin:
         # lies, not materialized and then copied (2x the slot at its creation).
         with tf.init_scope(), _tables.in_place():
             super().build(variables)
+
+    def add_variable_from_reference(
+        self, reference_variable, name=None, initializer="zeros"
+    ):
+        slot = super().add_variable_from_reference(
+            reference_variable, name=name, initializer=initializer
+        )
+        # A slot of a sharded table's part is that part of the logical slot.
+        return _sharded.mark_slot(self, reference_variable, slot, name)
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type != "checkpoint":
+            return children
+        # Slots of a sharded table's parts are saved as the logical slot.
+        cache = self.__dict__.setdefault("_keras_lookup_logical_lists", {})
+        return _sharded.logical_children(children, cache)
 
     def apply(self, grads, trainable_variables=None):
         if self.loss_scale_factor is not None:

@@ -4,7 +4,13 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_lookup.optimizers.lazy import BASE_ARGS_DOC, LazyAdagrad, LazyAdam
+from keras_lookup import _sharded
+from keras_lookup.optimizers.lazy import (
+    BASE_ARGS_DOC,
+    LazyAdagrad,
+    LazyAdam,
+    _tf_variable,
+)
 
 # Names of the variables that get one optimizer number per row: the tables of
 # `keras.layers.Embedding` and `keras_lookup.Embedding` (and their subclasses).
@@ -31,22 +37,28 @@ class _RowwiseMixin:
     def add_variable_from_reference(
         self, reference_variable, name=None, initializer="zeros"
     ):
+        part = _sharded.part_of(reference_variable)
+        table_name = part.logical_name if part else reference_variable.name
         if not (
             name == self._rowwise_slot
             and len(reference_variable.shape) == 2
-            and reference_variable.name in ROWWISE_VARIABLE_NAMES
+            and table_name in ROWWISE_VARIABLE_NAMES
         ):
             return super().add_variable_from_reference(
                 reference_variable, name=name, initializer=initializer
             )
         keys = self.__dict__.setdefault("_rowwise_keys", set())
         keys.add(self._var_key(reference_variable))
-        return self.add_variable(
-            shape=(int(reference_variable.shape[0]),),
-            initializer=initializer,
-            dtype=reference_variable.dtype,
-            name=f"{reference_variable.path.replace('/', '_')}_{name}",
-        )
+        # On the table's ps task, as Keras places the other slots.
+        colocate = self._distribution_strategy.extended.colocate_vars_with
+        with colocate(_tf_variable(reference_variable)):
+            slot = self.add_variable(
+                shape=(int(reference_variable.shape[0]),),
+                initializer=initializer,
+                dtype=reference_variable.dtype,
+                name=f"{reference_variable.path.replace('/', '_')}_{name}",
+            )
+        return _sharded.mark_slot(self, reference_variable, slot, name)
 
     def update_step(self, gradient, variable, learning_rate):
         if self._is_rowwise(variable) and not isinstance(gradient, tf.IndexedSlices):

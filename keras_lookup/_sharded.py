@@ -1,0 +1,301 @@
+"""Tables split by rows across the ps tasks of `ParameterServerStrategy`.
+
+Built inside `tf.distribute.ParameterServerStrategy(resolver,
+variable_partitioner=...)`, a layer's table becomes row blocks ("parts"), as
+many as the partitioner says, placed on ps task `i % num_ps` and split the way
+TensorFlow splits a `ShardedVariable` (TensorFlow's "div" partitioning: the
+first `rows % parts` parts hold one row more). Keras 3 wraps the
+`ShardedVariable` that the strategy would make inside one Keras variable,
+whose `.handle` then fails in `tape.gradient`; here each part is its own Keras
+variable (`embeddings_part_0`, `embeddings_part_1`, ...), looked up with
+`tf.nn.embedding_lookup` over the parts: each id reads its row on the ps task
+that holds it, and the gradient is one `tf.IndexedSlices` per part, which the
+lazy optimizers apply on that task.
+
+Each part is created without a value on its ps task and filled there, slice by
+slice, with the rows the unsharded table would hold (the same draw, seeded
+once per table), so nothing of the table passes through the coordinator or a
+worker. A `tf.distribute` `ShardedVariable` over the parts is kept as the
+layer's `_embeddings`: `tf.train.Checkpoint` saves it as slices of one logical
+`(input_dim, output_dim)` variable, which restores into any number of parts,
+or into an unsharded layer.
+
+A part, and each optimizer slot made from it, carries a `Part` as
+`_keras_lookup_part`, which `keras_lookup.save_state` / `load_state` use to
+write and read the logical table.
+"""
+
+import functools
+import math
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.distribute import parameter_server_strategy_v2, sharded_variable
+from tensorflow.python.ops import resource_variable_ops
+from tensorflow.python.trackable import data_structures
+
+from keras_lookup import _tables
+
+
+class Part:
+    """Rows `start:start + shape[0]` of a logical variable made of `parts`."""
+
+    def __init__(self, parts, index, start, logical_shape, logical_name):
+        self.parts = parts  # shared by every part of the logical variable
+        self.index = index
+        self.start = start
+        self.logical_shape = tuple(logical_shape)
+        self.logical_name = logical_name
+
+
+def part_of(variable):
+    return getattr(variable, "_keras_lookup_part", None)
+
+
+def _strategy():
+    if not tf.distribute.has_strategy():
+        return None
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, parameter_server_strategy_v2.ParameterServerStrategyV2):
+        return None
+    return strategy
+
+
+def plan(shape, dtype):
+    """`[(start, stop, device)]` per part, or `None` if the table is whole."""
+    strategy = _strategy()
+    partitioner = getattr(strategy and strategy.extended, "_variable_partitioner", None)
+    if partitioner is None:
+        return None
+    count = partitioner(shape=tf.TensorShape(shape), dtype=tf.as_dtype(dtype))
+    count = min(int(count[0]), int(shape[0]))
+    if count <= 1:
+        return None
+    num_ps = strategy.extended._num_ps
+    base, extra = divmod(int(shape[0]), count)
+    out, start = [], 0
+    for i in range(count):
+        stop = start + base + (1 if i < extra else 0)
+        out.append((start, stop, f"/job:ps/replica:0/task:{i % num_ps}/device:CPU:0"))
+        start = stop
+    return out
+
+
+def build_table(layer, name, shape, initializer, regularizer, constraint):
+    """Adds the parts of a sharded `shape` table to `layer`; returns them."""
+    layout = plan(shape, layer.variable_dtype)
+    _check_constraint(layer, constraint)
+    seeds = {}  # one draw for the whole table, as unsharded
+    parts = []
+    for index, (start, stop, device) in enumerate(layout):
+        creator = functools.partial(
+            _create_part, device=device, start=start, table_shape=shape, seeds=seeds
+        )
+        with tf.variable_creator_scope(creator):
+            variable = layer.add_weight(
+                shape=(stop - start,) + tuple(shape[1:]),
+                initializer=initializer,
+                name=f"{name}_part_{index}",
+                regularizer=_OnPart(regularizer) if regularizer else None,
+                constraint=_OnPart(constraint) if constraint else None,
+                trainable=True,
+            )
+        parts.append(variable)
+    logical_name = parts[0].name.rsplit("_part_", 1)[0]
+    for index, (variable, (start, _, _)) in enumerate(zip(parts, layout, strict=True)):
+        variable._keras_lookup_part = Part(parts, index, start, shape, logical_name)
+    return parts
+
+
+def logical_variable(parts, name):
+    """A `ShardedVariable` over the parts' `tf.Variable`s (for checkpoints)."""
+    with tf.init_scope():
+        return sharded_variable.ShardedVariable(
+            [part.value for part in parts], name=name
+        )
+
+
+def logical_of(variable):
+    """The `ShardedVariable` that a part (of a table or a slot) belongs to."""
+    part = part_of(variable)
+    first = part.parts[0]
+    logical = getattr(first, "_keras_lookup_logical", None)
+    if logical is None:
+        logical = logical_variable(part.parts, part.logical_name)
+        first._keras_lookup_logical = logical
+    return logical
+
+
+def logical_children(children, cache):
+    """Checkpoint children with each list's parts replaced by their logical
+    variable, listed where the first part is: the lists then match those of
+    the unsharded model, and the logical variables are saved as slices that
+    restore into any number of parts. `cache` (a dict kept by the owner)
+    makes every call return the same list objects, as checkpoints require."""
+    out = dict(children)
+    for name, child in children.items():
+        if not isinstance(child, data_structures.List):
+            continue
+        if not any(part_of(v) for v in child):
+            continue
+        key = (name, tuple(id(v) for v in child))
+        if key not in cache:
+            cache[key] = data_structures.List(
+                [
+                    logical_of(v) if part_of(v) else v
+                    for v in child
+                    if part_of(v) is None or part_of(v).index == 0
+                ]
+            )
+        out[name] = cache[key]
+    return out
+
+
+def _create_part(next_creator, device, start, table_shape, seeds, **kwargs):
+    found = _tables._keras_initializer(kwargs.get("initial_value"))
+    if found is None:
+        raise RuntimeError(
+            "A sharded table part must be created by `add_weight` with a Keras "
+            "initializer."
+        )
+    initializer, part_shape, dtype = found
+    with tf.device(device):
+        variable = resource_variable_ops.UninitializedVariable(
+            shape=part_shape,
+            dtype=dtype,
+            name=kwargs.get("name"),
+            trainable=kwargs.get("trainable", True),
+        )
+        fill_rows(variable, initializer, table_shape, start, dtype, seeds)
+    # As for the strategy's own variables (checked by `colocate_vars_with`).
+    variable._distribute_strategy = _strategy()
+    return variable
+
+
+def fill_rows(variable, initializer, shape, start, dtype, seeds):
+    """Writes rows `start:` of `initializer(shape, dtype)` into `variable`."""
+    rows = int(variable.shape[0])
+    stop = start + rows
+    rest = tuple(shape[1:])
+    constant = isinstance(initializer, _tables._CONSTANT) and not np.ndim(
+        getattr(initializer, "value", 0)
+    )
+    if not (
+        constant or dtype == tf.float32 and isinstance(initializer, _tables._RANDOM)
+    ):
+        # Other initializers draw the whole table, on this part's ps task.
+        return _tables._assign_graph(
+            variable, lambda: initializer(shape, dtype)[start:stop]
+        )
+    _tables._assign_graph(
+        variable, lambda: tf.raw_ops.Empty(shape=(rows,) + rest, dtype=dtype)
+    )
+    row_size = max(math.prod(rest), 1)
+    step = max(4, _tables.SLICE_SIZE // row_size // 4 * 4)
+    for low in range(start, stop, step):
+        high = min(low + step, stop)
+        if constant:
+            values = initializer((high - low,) + rest, dtype)
+        else:
+            # A draw starts on a group of four entries (one Philox counter).
+            first = low
+            while (first * row_size) % 4:
+                first -= 1
+            with _tables._draw_rows(first, high, tuple(shape), seeds):
+                values = initializer(tuple(shape), dtype)
+            values = tf.convert_to_tensor(values, dtype)[low - first :]
+        tf.raw_ops.ResourceStridedSliceAssign(
+            ref=variable.handle,
+            begin=[low - start] + [0] * len(rest),
+            end=[high - start] + list(rest),
+            strides=[1] * (len(rest) + 1),
+            value=tf.convert_to_tensor(values, dtype),
+        )
+    if hasattr(tf.raw_ops, "DisableCopyOnRead"):
+        tf.raw_ops.DisableCopyOnRead(resource=variable.handle)
+
+
+class _OnPart:
+    """Runs a regularizer or constraint on the ps task that holds the part.
+
+    Both see one part at a time, so only those that decompose by rows give
+    the unsharded result: sums of entries (L1, L2) and row-wise constraints.
+    """
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, variable):
+        device = getattr(variable, "value", variable).device
+        with tf.device(device):
+            return self.function(variable)
+
+
+def _check_constraint(layer, constraint):
+    if constraint is None:
+        return
+    axis = getattr(constraint, "axis", None)
+    if axis is None and type(constraint).__name__ == "NonNeg":
+        return
+    if axis in (1, -1, [1], [-1], (1,), (-1,)):
+        return
+    raise ValueError(
+        f"Layer '{layer.name}' has its table split across parameter servers, "
+        f"so its constraint sees one part of the table at a time, but "
+        f"{type(constraint).__name__}(axis={axis!r}) needs the whole table "
+        "(it works across rows). Use a row-wise constraint (e.g. "
+        "`keras.constraints.MaxNorm(axis=1)`), `NonNeg`, or build the layer "
+        "without a `variable_partitioner`."
+    )
+
+
+class ShardedTableReader:
+    """A `_lookup.TableReader` over the parts of a sharded table (gather only)."""
+
+    def __init__(self, parts, vocab_size, dim, layer_name):
+        self.vocab_size = vocab_size
+        self.dim = dim
+        self.dtype = tf.as_dtype(parts[0].dtype)
+        self._parts = parts
+        self._layer_name = layer_name
+
+    def gather(self, ids):
+        # Each id reads its row on the ps task holding it ("div" split, as
+        # the parts were made); the gradient is one IndexedSlices per part.
+        return tf.nn.embedding_lookup(self._parts, ids)
+
+    def matmul(self, x):
+        raise not_shardable(self._layer_name, 'strategy="matmul"', "gather")
+
+    def whole(self):
+        raise not_shardable(
+            self._layer_name,
+            "reverse=True",
+            "a separate `keras_lookup.Dense`/`keras.layers.Dense` output layer",
+        )
+
+
+def not_shardable(layer_name, what, way_out):
+    return NotImplementedError(
+        f"Layer '{layer_name}' has its table split across parameter servers "
+        f"(a `ParameterServerStrategy` with a `variable_partitioner`), and "
+        f"{what} needs the whole table in one place. Use {way_out} instead, "
+        "or build the layer without a `variable_partitioner` (whole tables, "
+        "placed round-robin on the ps tasks)."
+    )
+
+
+def mark_slot(optimizer, reference, slot, name):
+    """Marks optimizer `slot` of a table part as a part of the logical slot."""
+    part = part_of(reference)
+    if part is None:
+        return slot
+    groups = optimizer.__dict__.setdefault("_keras_lookup_slot_parts", {})
+    parts = groups.setdefault((id(part.parts), name), [None] * len(part.parts))
+    parts[part.index] = slot
+    shape = (part.logical_shape[0],) + tuple(slot.shape[1:])
+    slot_name = slot.name.replace(
+        f"{part.logical_name}_part_{part.index}", part.logical_name
+    )
+    slot._keras_lookup_part = Part(parts, part.index, part.start, shape, slot_name)
+    return slot

@@ -1,0 +1,65 @@
+"""examples/parameter_server.py on real processes: ps and worker tasks on
+127.0.0.1, the coordinator killed after a checkpoint and resumed, and the
+result equal to the single-process reference (one worker: steps in order)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(REPO, "examples", "parameter_server.py")
+SETTINGS = ("--quick", "--steps", "40", "--checkpoint-every", "20")
+
+
+def run(*args, hook=None, timeout=240):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (REPO, os.environ.get("PYTHONPATH")) if p
+    )
+    env.pop("PARAMETER_SERVER_TEST_KILL_AFTER_STEP", None)
+    env.pop("PARAMETER_SERVER_TEST_KILL_TASK", None)
+    env.update(hook or {})
+    return subprocess.run(
+        [sys.executable, EXAMPLE, *SETTINGS, *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def saved(folder):
+    with open(os.path.join(folder, "manifest.json")) as f:
+        entries = json.load(f)["variables"]
+    return {e["path"]: np.load(os.path.join(folder, e["file"])) for e in entries}
+
+
+def test_killed_coordinator_resumes_and_ends_as_one_process(tmp_path):
+    cluster = ("--local-cluster", "1,2", "--checkpoint-dir", tmp_path / "ckpt")
+    killed = run(
+        *cluster,
+        "--out",
+        tmp_path / "a",
+        hook={"PARAMETER_SERVER_TEST_KILL_AFTER_STEP": "20"},
+    )
+    assert killed.returncode == -9, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert "checkpoint at step 20" in killed.stdout
+    assert "2 part(s)" in killed.stdout
+    resumed = run(*cluster, "--out", tmp_path / "a")
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-4000:]
+    assert "resumed from step 20" in resumed.stdout
+    reference = run("--single-process", "--out", tmp_path / "b")
+    assert reference.returncode == 0, reference.stderr[-4000:]
+    a, b = saved(tmp_path / "a"), saved(tmp_path / "b")
+    assert list(a) == list(b)
+    for path in a:
+        np.testing.assert_allclose(a[path], b[path], rtol=1e-5, atol=1e-5, err_msg=path)
+    with open(tmp_path / "a" / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["resumed_from"] == 20
+    assert [s["rows"] for s in summary["shards"]] == [2**17, 2**17]
+    assert {"coordinator", "ps 0", "ps 1", "worker 0"} <= set(summary["peak_rss_mib"])
