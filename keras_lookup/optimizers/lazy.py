@@ -4,6 +4,8 @@ See the package docstring (`keras_lookup.optimizers`) for which training paths
 stay sparse.
 """
 
+import random
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -38,6 +40,53 @@ BASE_ARGS_DOC = """weight_decay: Float or `None`. If set, decoupled weight decay
             accumulated over this many steps in full-size accumulators, and
             the update is Keras's dense one.
         name: String. Name of the optimizer and prefix of its variables."""
+
+
+# Tables stored in these dtypes (`table_dtype`) are updated in float32 and
+# written back with stochastic rounding; their slots are float32.
+HALF_DTYPES = (tf.bfloat16, tf.float16)
+# float32 mantissa bits that each half dtype lacks.
+_DROPPED_BITS = {tf.bfloat16: 16, tf.float16: 13}
+
+
+def is_half(variable):
+    return tf.as_dtype(variable.dtype) in HALF_DTYPES
+
+
+def compute_dtype(variable):
+    """The dtype a variable's update is computed in: float32 for half tables."""
+    return tf.float32 if is_half(variable) else variable.dtype
+
+
+def stochastic_round(values, dtype, seed):
+    """Rounds float32 `values` to `dtype` (bfloat16 or float16), unbiased.
+
+    Each value goes to one of its two neighbours in `dtype`, the upper one
+    with probability (distance from the lower) / (their spacing), so the
+    expected result is the float32 value itself; rounding to nearest would
+    lose every update smaller than half the spacing. `seed` is a stateless
+    random seed, shape `(2,)`: the same seed gives the same rounding.
+
+    The noise is added below the bits that `dtype` keeps and the dropped bits
+    are truncated (magnitude towards zero), FBGEMM's stochastic rounding.
+    Below float16's normal range (2**-14) its spacing is fixed at 2**-24, so
+    there the value is rounded on that grid instead.
+    """
+    dtype = tf.as_dtype(dtype)
+    values = tf.convert_to_tensor(values, tf.float32)
+    dropped = _DROPPED_BITS[dtype]
+    noise = tf.random.stateless_uniform(
+        tf.shape(values), seed, minval=0, maxval=2**dropped, dtype=tf.int32
+    )
+    bits = tf.bitcast(values, tf.int32) + noise
+    rounded = tf.bitcast(tf.bitwise.bitwise_and(bits, -(2**dropped)), tf.float32)
+    if dtype == tf.float16:
+        unit = 2.0**-24
+        uniform = tf.cast(noise, tf.float32) * 2.0**-dropped
+        subnormal = tf.floor(values / unit + uniform) * unit
+        rounded = tf.where(tf.abs(values) < 2.0**-14, subnormal, rounded)
+    rounded = tf.where(tf.math.is_finite(values), rounded, values)
+    return tf.cast(rounded, dtype)
 
 
 def _tf_variable(variable):
@@ -94,6 +143,9 @@ class _LazyMixin:
     # step being traced, and of those among them that weight decay applies to.
     _lazy_sparse_keys = frozenset()
     _lazy_decay_keys = frozenset()
+    # Half tables are written back with stochastic rounding; False rounds to
+    # nearest instead (what Keras's optimizers do), for comparisons only.
+    _stochastic_rounding = True
 
     def build(self, variables):
         # `model.fit` builds the optimizer while tracing its first step, where
@@ -105,6 +157,37 @@ class _LazyMixin:
         # lies, not materialized and then copied (2x the slot at its creation).
         with tf.init_scope(), _tables.in_place():
             super().build(variables)
+            if any(is_half(v) for v in variables):
+                self._add_rounding_seed()
+
+    def _add_rounding_seed(self):
+        # Drawn from Python's generator, which `keras.utils.set_random_seed`
+        # seeds, and kept as a variable, so that a restored optimizer goes on
+        # rounding as the saved one would have.
+        self._rounding_seed = self.add_variable(
+            shape=(),
+            dtype="int64",
+            initializer=keras.initializers.Constant(random.randint(1, 2**31 - 1)),
+            name="stochastic_rounding_seed",
+        )
+
+    def add_variable_from_reference(
+        self, reference_variable, name=None, initializer="zeros"
+    ):
+        if not is_half(reference_variable):
+            return super().add_variable_from_reference(
+                reference_variable, name=name, initializer=initializer
+            )
+        # The slots of a half table stay float32 (Keras would make them half).
+        with self._distribution_strategy.extended.colocate_vars_with(
+            _tf_variable(reference_variable)
+        ):
+            return self.add_variable(
+                shape=reference_variable.shape,
+                initializer=initializer,
+                dtype="float32",
+                name=f"{reference_variable.path.replace('/', '_')}_{name or 'var'}",
+            )
 
     def apply(self, grads, trainable_variables=None):
         if self.loss_scale_factor is not None:
@@ -125,7 +208,7 @@ class _LazyMixin:
         sparse, decay = [], []
         if not self.gradient_accumulation_steps:
             for grad, variable in zip(grads, trainable_variables, strict=True):
-                if isinstance(grad, tf.IndexedSlices):
+                if isinstance(grad, tf.IndexedSlices) or is_half(variable):
                     sparse.append(self._var_key(variable))
                     if self.weight_decay is not None and self._use_weight_decay(
                         variable
@@ -193,10 +276,16 @@ class _LazyMixin:
 
     def update_step(self, gradient, variable, learning_rate):
         if not isinstance(gradient, tf.IndexedSlices):
-            return super().update_step(gradient, variable, learning_rate)
+            if not is_half(variable):
+                return super().update_step(gradient, variable, learning_rate)
+            # A dense gradient of a half table (one-hot matmul, `reverse=True`):
+            # every row, updated in float32 and rounded stochastically.
+            rows = tf.range(tf.shape(gradient, out_type=tf.int64)[0])
+            gradient = tf.IndexedSlices(gradient, rows, tf.shape(gradient))
         indices, values = _unique_rows(gradient)
-        values = ops.cast(values, variable.dtype)
-        learning_rate = ops.cast(learning_rate, variable.dtype)
+        dtype = compute_dtype(variable)
+        values = ops.cast(values, dtype)
+        learning_rate = ops.cast(learning_rate, dtype)
         self._sparse_update_step(indices, values, variable, learning_rate)
         _disable_copy_on_read(variable)
 
@@ -204,19 +293,37 @@ class _LazyMixin:
         raise NotImplementedError
 
     def _gather(self, variable, indices):
-        return tf.gather(_tf_variable(variable), indices)
+        rows = tf.gather(_tf_variable(variable), indices)
+        return tf.cast(rows, tf.float32) if is_half(variable) else rows
 
     def _scatter(self, variable, indices, rows):
+        if is_half(variable) and self._stochastic_rounding:
+            rows = stochastic_round(rows, variable.dtype, self._rounding_key(variable))
         self.assign(variable, tf.IndexedSlices(rows, indices))
 
+    def _rounding_key(self, variable):
+        # A fresh stateless seed for each step and variable; the same on every
+        # replica, so that mirrored copies of a table stay identical.
+        step = tf.cast(_tf_variable(self.iterations), tf.int64)
+        count = len(self._trainable_variables)
+        counter = step * count + self._get_variable_index(variable)
+        seed = tf.convert_to_tensor(_tf_variable(self._rounding_seed))
+        return tf.stack([seed, counter])
+
     def _subtract_rows(self, variable, indices, delta, learning_rate):
-        """`variable[indices] -= delta`, after weight decay of those rows."""
-        if self._var_key(variable) not in self._lazy_decay_keys:
+        """`variable[indices] -= delta`, after weight decay of those rows.
+
+        A half table's rows are read in float32, updated, and written back
+        with stochastic rounding (`_scatter`).
+        """
+        decay = self._var_key(variable) in self._lazy_decay_keys
+        if not decay and not is_half(variable):
             self.assign_sub(variable, tf.IndexedSlices(delta, indices))
             return
         rows = self._gather(variable, indices)
-        wd = ops.cast(self.weight_decay, variable.dtype)
-        rows = rows - rows * wd * learning_rate
+        if decay:
+            wd = ops.cast(self.weight_decay, rows.dtype)
+            rows = rows - rows * wd * learning_rate
         self._scatter(variable, indices, rows - delta)
 
 
@@ -326,7 +433,7 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
         )
 
     def _sparse_update_step(self, indices, values, variable, learning_rate):
-        dtype = variable.dtype
+        dtype = compute_dtype(variable)
         local_step = ops.cast(self.iterations + 1, dtype)
         beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
         beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
@@ -432,7 +539,7 @@ class LazySGD(_LazyMixin, keras.optimizers.SGD):
         if self.momentum == 0:
             self._subtract_rows(variable, indices, step, learning_rate)
             return
-        momentum = ops.cast(self.momentum, variable.dtype)
+        momentum = ops.cast(self.momentum, compute_dtype(variable))
         m_var = self.momentums[self._get_variable_index(variable)]
         m = self._gather(m_var, indices) * momentum - step
         self._scatter(m_var, indices, m)

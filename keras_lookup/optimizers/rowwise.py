@@ -4,7 +4,12 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_lookup.optimizers.lazy import BASE_ARGS_DOC, LazyAdagrad, LazyAdam
+from keras_lookup.optimizers.lazy import (
+    BASE_ARGS_DOC,
+    LazyAdagrad,
+    LazyAdam,
+    compute_dtype,
+)
 
 # Names of the variables that get one optimizer number per row: the tables of
 # `keras.layers.Embedding` and `keras_lookup.Embedding` (and their subclasses).
@@ -44,7 +49,7 @@ class _RowwiseMixin:
         return self.add_variable(
             shape=(int(reference_variable.shape[0]),),
             initializer=initializer,
-            dtype=reference_variable.dtype,
+            dtype=compute_dtype(reference_variable),
             name=f"{reference_variable.path.replace('/', '_')}_{name}",
         )
 
@@ -272,7 +277,7 @@ class LazyRowwiseAdam(_RowwiseMixin, LazyAdam):
         return config
 
     def _rowwise_update_step(self, indices, values, variable, learning_rate):
-        dtype = variable.dtype
+        dtype = compute_dtype(variable)
         step = ops.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
         index = self._get_variable_index(variable)
