@@ -162,7 +162,11 @@ def fill(variable, initializer, shape, dtype):
     _assign_graph(variable, lambda: tf.raw_ops.Empty(shape=shape, dtype=dtype))
     row_size = math.prod(shape[1:])
     # Slices start on a multiple of four entries: one Philox counter.
-    rows = max(4, SLICE_SIZE // max(row_size, 1) // 4 * 4)
+    # A half table's slices hold half the entries: each is drawn in float32
+    # and rounded, two buffers (measured: 1.20x a 256 MiB bfloat16 table
+    # built in full-size slices, 1.03x in half-size ones).
+    slice_size = SLICE_SIZE if draw_dtype == dtype else SLICE_SIZE // 2
+    rows = max(4, slice_size // max(row_size, 1) // 4 * 4)
     seeds = {}
     for start in range(0, shape[0], rows):
         stop = min(start + rows, shape[0])
