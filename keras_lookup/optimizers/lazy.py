@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_lookup import _checks, _tables
+from keras_lookup import _checks, _lookup, _tables
 from keras_lookup.optimizers._validation import (
     check_bool,
     check_learning_rate,
@@ -44,13 +44,19 @@ BASE_ARGS_DOC = """weight_decay: Float or `None`. If set, decoupled weight decay
 
 # Tables stored in these dtypes (`table_dtype`) are updated in float32 and
 # written back with stochastic rounding; their slots are float32.
-HALF_DTYPES = (tf.bfloat16, tf.float16)
+HALF_DTYPES = _lookup.HALF_DTYPES
 # float32 mantissa bits that each half dtype lacks.
 _DROPPED_BITS = {tf.bfloat16: 16, tf.float16: 13}
 
 
 def is_half(variable):
     return tf.as_dtype(variable.dtype) in HALF_DTYPES
+
+
+def _rounds_rows(variable):
+    # Half variables with rows are updated row by row and rounded
+    # stochastically, whatever their gradient; half scalars are left to Keras.
+    return is_half(variable) and len(variable.shape) > 0
 
 
 def compute_dtype(variable):
@@ -75,9 +81,14 @@ def stochastic_round(values, dtype, seed):
     dtype = tf.as_dtype(dtype)
     values = tf.convert_to_tensor(values, tf.float32)
     dropped = _DROPPED_BITS[dtype]
-    noise = tf.random.stateless_uniform(
-        tf.shape(values), seed, minval=0, maxval=2**dropped, dtype=tf.int32
+    # 16 random bits an entry, two from each full-range 32-bit draw (half the
+    # cost of drawing bounded integers), shifted down to the dropped bits.
+    count = tf.size(values)
+    words = tf.random.stateless_uniform(
+        [(count + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32
     )
+    noise = tf.cast(tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:count], tf.int32)
+    noise = tf.reshape(tf.bitwise.right_shift(noise, 16 - dropped), tf.shape(values))
     bits = tf.bitcast(values, tf.int32) + noise
     rounded = tf.bitcast(tf.bitwise.bitwise_and(bits, -(2**dropped)), tf.float32)
     if dtype == tf.float16:
@@ -208,7 +219,7 @@ class _LazyMixin:
         sparse, decay = [], []
         if not self.gradient_accumulation_steps:
             for grad, variable in zip(grads, trainable_variables, strict=True):
-                if isinstance(grad, tf.IndexedSlices) or is_half(variable):
+                if isinstance(grad, tf.IndexedSlices) or _rounds_rows(variable):
                     sparse.append(self._var_key(variable))
                     if self.weight_decay is not None and self._use_weight_decay(
                         variable
@@ -276,7 +287,7 @@ class _LazyMixin:
 
     def update_step(self, gradient, variable, learning_rate):
         if not isinstance(gradient, tf.IndexedSlices):
-            if not is_half(variable):
+            if not _rounds_rows(variable):
                 return super().update_step(gradient, variable, learning_rate)
             # A dense gradient of a half table (one-hot matmul, `reverse=True`):
             # every row, updated in float32 and rounded stochastically.
