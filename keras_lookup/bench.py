@@ -378,10 +378,30 @@ def main(argv=None):
     print(report)
     print("\n" + summary)
     written = ["results.json", "results.md"]
-    if not args.no_plot:
+    plots = not args.no_plot and _has_matplotlib()
+    if plots:
         written += [os.path.basename(p) for p in plot(results, args.out, args.columns)]
     print(f"wrote {', '.join(written)} to {args.out}")
+    if not args.no_plot and not plots:
+        print(NO_MATPLOTLIB)
     return results
+
+
+NO_MATPLOTLIB = (
+    "No plots: matplotlib is not installed. For the plots too, "
+    'pip install "keras_lookup[examples]" (or pip install matplotlib) and run '
+    "this again; --no-plot skips them without this note."
+)
+
+
+def _has_matplotlib():
+    # The core install has no matplotlib: the tables are the result, the
+    # plots an extra.
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 import keras
 
+from keras_lookup import _checks
+
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
 class Dense(keras.layers.Dense):
@@ -55,6 +57,44 @@ class Dense(keras.layers.Dense):
     >>> layer(one_hot).numpy().tolist()
     [[5.0, 6.0], [1.0, 2.0]]
     """
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        lora_rank=None,
+        lora_alpha=None,
+        **kwargs,
+    ):
+        # Keras checks `units` only from 3.13 on, and `use_bias` and
+        # `lora_rank` not at all; these checks are ours, so that the errors
+        # are the same on every supported Keras.
+        units = _checks.check_positive_int("units", units)
+        use_bias = _checks.check_bool("use_bias", use_bias)
+        lora_rank = _checks.check_lora_rank(lora_rank)
+        super().__init__(
+            units,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            **kwargs,
+        )
 
     def quantize(self, mode=None, type_check=True, config=None):
         # Keras refuses to quantize subclasses of its Dense; this one adds no

@@ -133,6 +133,7 @@ class DimensionReducer(_base.LookupBase):
         _checks.check_choice("strategy", strategy, _lookup.SUPPORTED_STRATEGIES)
         use_bias = _checks.check_bool("use_bias", use_bias)
         mask_zero = _checks.check_bool("mask_zero", mask_zero)
+        lora_rank = _checks.check_lora_rank(lora_rank)
         _checks.check_choice(
             "input_format", input_format, _lookup.SUPPORTED_INPUT_FORMATS
         )

@@ -120,6 +120,7 @@ class Embedding(_base.LookupBase):
         input_dim = _checks.check_positive_int("input_dim", input_dim)
         output_dim = _checks.check_positive_int("output_dim", output_dim)
         mask_zero = _checks.check_bool("mask_zero", mask_zero)
+        lora_rank = _checks.check_lora_rank(lora_rank)
         super().__init__(
             input_dim,
             output_dim,

@@ -81,12 +81,26 @@ def test_sparse_input_in_functional_model_trains():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        # Keras's own checks and messages: keras_lookup.Dense is its Dense.
-        ({"units": 0}, "`units`, expected a positive integer. Received: units=0"),
-        ({"units": 2.5}, "Received: units=2.5"),
+        # Checked by keras_lookup (Keras checks `units` only from 3.13 on, the
+        # others not at all), so the message is the same on every supported Keras.
+        ({"units": 0}, "`units` must be a positive integer. Received: units=0"),
+        ({"units": 2.5}, "`units` must be a positive integer. Received: units=2.5"),
+        ({"units": True}, "Received: units=True"),
+        ({"units": None}, "Received: units=None"),
+        ({"units": 2, "use_bias": "yes"}, "`use_bias` must be a boolean"),
+        ({"units": 2, "lora_rank": 0}, "Received: lora_rank=0"),
+        # Keras's own check: keras_lookup.Dense is its Dense.
         ({"units": 2, "activation": "nope"}, "nope"),
     ],
-    ids=["zero_units", "float_units", "unknown_activation"],
+    ids=[
+        "zero_units",
+        "float_units",
+        "bool_units",
+        "none_units",
+        "use_bias",
+        "zero_lora_rank",
+        "unknown_activation",
+    ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -275,6 +275,11 @@ def test_matmul_strategy_multiplies_a_one_hot_matrix():
             },
             "`mask_zero=True` applies to ids",
         ),
+        (
+            {"vocab_size": 5, "units": 2, "lora_rank": -1},
+            r"`lora_rank` must be None \(no LoRA\) or a positive integer. "
+            "Received: lora_rank=-1",
+        ),
     ],
     ids=[
         "vocab",
@@ -285,6 +290,7 @@ def test_matmul_strategy_multiplies_a_one_hot_matrix():
         "input_format",
         "mask_zero",
         "mask_zero_multi_hot",
+        "lora_rank",
     ],
 )
 def test_bad_arguments(kwargs, message):

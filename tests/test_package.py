@@ -34,3 +34,11 @@ def test_import_names_keras_backend_on_another_backend():
     assert result.returncode != 0
     assert "KERAS_BACKEND=tensorflow" in result.stderr
     assert "'jax'" in result.stderr
+
+
+def test_version_matches_pyproject_and_changelog():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), encoding="utf-8") as f:
+        assert f'\nversion = "{keras_lookup.__version__}"\n' in f.read()
+    with open(os.path.join(root, "CHANGELOG.md"), encoding="utf-8") as f:
+        assert f"\n## {keras_lookup.__version__}\n" in f.read()

@@ -159,6 +159,9 @@ def test_keras_auto_jit_is_declined_while_ids_are_checked():
         ({"input_dim": 5, "output_dim": 2, "combiner": "avg"}, "`combiner` must be"),
         ({"input_dim": 5, "output_dim": 2, "invalid_ids": "ignore"}, "`invalid_ids`"),
         ({"input_dim": 5, "output_dim": 2, "mask_zero": "no"}, "`mask_zero` must be"),
+        # Keras checks no LoRA rank (0 would silently mean no LoRA).
+        ({"input_dim": 5, "output_dim": 2, "lora_rank": 0}, "Received: lora_rank=0"),
+        ({"input_dim": 5, "output_dim": 2, "lora_rank": 2.5}, "`lora_rank` must be"),
     ],
     ids=[
         "zero_dim",
@@ -168,6 +171,8 @@ def test_keras_auto_jit_is_declined_while_ids_are_checked():
         "combiner",
         "invalid_ids",
         "mask_zero",
+        "zero_lora_rank",
+        "float_lora_rank",
     ],
 )
 def test_bad_embedding_arguments(kwargs, message):
