@@ -3,7 +3,6 @@ stochastic rounding by the lazy and row-wise optimizers."""
 
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -588,16 +587,3 @@ def test_building_a_half_table_stays_near_its_size():
     report = json.loads(line[len("REPORT") :])
     table = 2**21 * 64 * 2
     assert report["after"] - report["before"] <= 1.1 * table, report
-
-
-GUIDE = os.path.join(
-    os.path.dirname(__file__), "..", "docs", "guides", "half_precision_tables.md"
-)
-
-
-def test_guide_examples_run():
-    with open(GUIDE) as f:
-        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
-    assert blocks
-    for index, block in enumerate(blocks):
-        exec(compile(block, f"half_precision_tables.md block {index}", "exec"), {})
