@@ -31,7 +31,9 @@ shows as about +0.5 GiB of peak RSS for Adam's two slots at V=1M.
 
 `--scale` runs the scale curve instead: V in {1k, 100k, 1M, 10M, 50M} x
 D=64, `keras_lookup.Embedding` with `LazyAdam`, `LazyRowwiseAdagrad` and
-`LazyRowwiseAdam`, and `keras.layers.Embedding` with Keras's `Adam`. Each
+`LazyRowwiseAdam`, and `keras.layers.Embedding` with Keras's `Adam`; the
+`*_bf16` systems store the table in bfloat16 (`table_dtype="bfloat16"`,
+stochastic rounding; run them with `--systems`, e.g. at V=100M). Each
 configuration runs in its own process, which the parent kills once its RSS
 exceeds `--memory-limit-gib` (polled every 10 ms), so that one that does not
 fit never wakes the machine's OOM killer; it is reported as "out of
@@ -225,12 +227,21 @@ def plot(records, vocab_sizes, path):
 
 SCALE_DIM = 64
 SCALE_VOCAB_SIZES = (1000, 100_000, 10**6, 10**7, 5 * 10**7)
-SCALE_SYSTEMS = ("lazy_adam", "rowwise_adagrad", "rowwise_adam", "keras_adam")
+SCALE_SYSTEMS = (
+    "lazy_adam",
+    "rowwise_adagrad",
+    "rowwise_adam",
+    "keras_adam",
+    "lazy_adam_bf16",
+    "rowwise_adagrad_bf16",
+)
 SCALE_LABELS = {
     "lazy_adam": "keras_lookup.Embedding + LazyAdam",
     "rowwise_adagrad": "keras_lookup.Embedding + LazyRowwiseAdagrad",
     "rowwise_adam": "keras_lookup.Embedding + LazyRowwiseAdam",
     "keras_adam": "keras.layers.Embedding + keras Adam",
+    "lazy_adam_bf16": "bfloat16 table + LazyAdam",
+    "rowwise_adagrad_bf16": "bfloat16 table + LazyRowwiseAdagrad",
 }
 
 
@@ -244,12 +255,13 @@ def _scale_model(system, vocab):
         embedding = keras.layers.Embedding(vocab, SCALE_DIM)
         optimizer = keras.optimizers.Adam()
     else:
-        embedding = keras_lookup.Embedding(vocab, SCALE_DIM)
+        table_dtype = "bfloat16" if system.endswith("_bf16") else "float32"
+        embedding = keras_lookup.Embedding(vocab, SCALE_DIM, table_dtype=table_dtype)
         optimizer = {
             "lazy_adam": optimizers.LazyAdam,
             "rowwise_adagrad": optimizers.LazyRowwiseAdagrad,
             "rowwise_adam": optimizers.LazyRowwiseAdam,
-        }[system]()
+        }[system.removesuffix("_bf16")]()
     model = keras.Sequential(
         [
             keras.Input((LENGTH,), dtype="int32"),
@@ -374,7 +386,10 @@ def _scale_records(path):
 
 
 def _state_gib(system, vocab):
-    """Table plus optimizer slots, float32, in GiB (what must fit)."""
+    """Table plus optimizer slots (float32), in GiB (what must fit)."""
+    if system.endswith("_bf16"):
+        base = system.removesuffix("_bf16")
+        return _state_gib(base, vocab) - vocab * SCALE_DIM * 2 / 2**30
     table = vocab * SCALE_DIM * 4 / 2**30
     per_row = {"lazy_adam": 2 * table, "rowwise_adagrad": vocab * 4 / 2**30}
     per_row["rowwise_adam"] = table + vocab * 4 / 2**30
@@ -428,7 +443,7 @@ def scale_plot(latest, path):
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for system, marker in zip(SCALE_SYSTEMS, "os^D", strict=True):
+    for system, marker in zip(SCALE_SYSTEMS, "os^Dvx", strict=True):
         rows = sorted(
             (r for (s, _), r in latest.items() if s == system and "median_ms" in r),
             key=lambda r: r["vocab"],

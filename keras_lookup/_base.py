@@ -22,6 +22,12 @@ try:  # Keras's own grouped int4 dequantization, when it has one.
 except ImportError:  # pragma: no cover - Keras without sub-channel int4
     dequantize_with_sz_map = None
 
+# Dtypes a table can be stored in (`table_dtype`); lookups, gradients and the
+# lazy optimizers' arithmetic stay float32 whatever the stored dtype.
+SUPPORTED_TABLE_DTYPES = ("float32", "bfloat16", "float16")
+# The weight names of the table (`DimensionReducer` renames it `kernel`).
+_TABLE_NAMES = ("embeddings", "kernel")
+
 
 class LookupBase(keras.layers.Embedding):
     """Id validation, bags and quantization-aware row reads; not public."""
@@ -30,12 +36,26 @@ class LookupBase(keras.layers.Embedding):
     _vocab_arg = "input_dim"
 
     def __init__(
-        self, input_dim, output_dim, combiner=None, invalid_ids="raise", **kwargs
+        self,
+        input_dim,
+        output_dim,
+        combiner=None,
+        invalid_ids="raise",
+        table_dtype="float32",
+        **kwargs,
     ):
         _checks.check_choice(
             "combiner", combiner, (None,) + _lookup.SUPPORTED_COMBINERS
         )
         _checks.check_choice("invalid_ids", invalid_ids, _checks.INVALID_IDS_MODES)
+        if table_dtype is not None and not isinstance(table_dtype, str):
+            try:  # `tf.bfloat16`, `np.float16`: kept by name, as in Keras
+                table_dtype = keras.backend.standardize_dtype(table_dtype)
+            except (ValueError, TypeError, AttributeError):
+                pass
+        _checks.check_choice("table_dtype", table_dtype, SUPPORTED_TABLE_DTYPES)
+        # Set before Keras's constructor, which builds the layer for `weights`.
+        self.table_dtype = table_dtype
         weights = kwargs.pop("weights", None)
         super().__init__(input_dim, output_dim, **kwargs)
         self.combiner = combiner
@@ -74,6 +94,14 @@ class LookupBase(keras.layers.Embedding):
             )
         if self.lora_rank:
             raise _sharded.not_shardable(self.name, "LoRA", "full fine-tuning")
+        if self.table_dtype != "float32":
+            raise NotImplementedError(
+                f"Layer '{self.name}' has its table split across parameter "
+                "servers, where a half-precision table is not supported yet. "
+                f"Received: table_dtype={self.table_dtype!r}. Use "
+                'table_dtype="float32" for a sharded table, or build the layer '
+                "without a `variable_partitioner`."
+            )
         parts = _sharded.build_table(
             self,
             "embeddings",
@@ -151,6 +179,20 @@ class LookupBase(keras.layers.Embedding):
             return super().load_own_variables(store)
         self.set_weights([store[str(i)] for i in range(len(store.keys()))])
 
+    def add_weight(self, *args, name=None, dtype=None, **kwargs):
+        # Keras creates the table in the dtype policy's variable dtype; a half
+        # table is stored in `table_dtype`, its values drawn in float32 and
+        # rounded to nearest, so that it starts as the float32 table would.
+        # Quantized tables (int8, int4) are asked for with their own dtype.
+        if name in _TABLE_NAMES and dtype is None and self.table_dtype != "float32":
+            dtype = self.table_dtype
+            initializer = kwargs.get("initializer")
+            if initializer is not None:
+                kwargs["initializer"] = _tables.RoundedInitializer(
+                    keras.initializers.get(initializer)
+                )
+        return super().add_weight(*args, name=name, dtype=dtype, **kwargs)
+
     # Keras routes quantized layers to `_int8_call` / `_int4_call`; `call`
     # reads quantized tables itself.
     def _int8_call(self, *args, **kwargs):
@@ -204,7 +246,13 @@ class LookupBase(keras.layers.Embedding):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"combiner": self.combiner, "invalid_ids": self.invalid_ids})
+        config.update(
+            {
+                "combiner": self.combiner,
+                "invalid_ids": self.invalid_ids,
+                "table_dtype": self.table_dtype,
+            }
+        )
         return config
 
     def compute_output_spec(self, inputs, weights=None, mask=None, **kwargs):

@@ -18,6 +18,14 @@ from keras_lookup import _checks
 SUPPORTED_COMBINERS = ("sum", "mean", "sqrtn")
 SUPPORTED_STRATEGIES = ("auto", "gather", "matmul")
 SUPPORTED_INPUT_FORMATS = ("ids", "multi_hot")
+HALF_DTYPES = (tf.bfloat16, tf.float16)
+
+
+@tf.custom_gradient
+def _widen(values):
+    # A cast to float32 whose gradient stays float32: TensorFlow's cast would
+    # round the gradient to the table's half dtype on its way back.
+    return tf.cast(values, tf.float32), lambda upstream: upstream
 
 
 class TableReader:
@@ -27,12 +35,17 @@ class TableReader:
     `dequantize(rows, ids)` turns into float32 rows. `lora`, when set, is
     `(a, b, factor)` and the table is `stored + factor * a @ b`. A gather
     dequantizes and adapts only the rows it reads, so its gradient (to the
-    table, or to `a`) stays row-sparse.
+    table, or to `a`) stays row-sparse. A bfloat16 or float16 table is read
+    in float32 and its gradient is float32 (a `tf.IndexedSlices` for a
+    gather), for the optimizer to round once, stochastically.
     """
 
     def __init__(self, stored, vocab_size, dim, dequantize=None, lora=None):
         self.vocab_size = vocab_size
         self.dim = dim
+        self._half = tf.as_dtype(stored.dtype) in HALF_DTYPES
+        if self._half:
+            dequantize = lambda rows, ids: _widen(rows)  # noqa: E731
         self.dtype = tf.float32 if dequantize else tf.as_dtype(stored.dtype)
         self._stored = stored
         self._dequantize = dequantize
@@ -62,8 +75,9 @@ class TableReader:
 
     def whole(self):
         """The whole float table, e.g. for a tied output projection."""
-        if self._dequantize is None and self._lora is None:
-            return tf.convert_to_tensor(self._stored)
+        if self._lora is None and (self._dequantize is None or self._half):
+            table = tf.convert_to_tensor(self._stored)
+            return _widen(table) if self._half else table
         return self.gather(tf.range(self.vocab_size))
 
 

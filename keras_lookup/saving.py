@@ -187,6 +187,9 @@ def load_state(model, folder):
             if version != (1, 0):
                 raise ValueError(f"{f.name!r} was not written by `save_state`.")
             shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            if dtype.kind == "V":
+                # NumPy has no name for bfloat16 and writes it as raw bytes.
+                dtype = np.dtype(values[0][0].dtype.as_numpy_dtype)
             if not shape:
                 values[0][0].assign(np.fromfile(f, dtype, count=1).reshape(()))
                 continue

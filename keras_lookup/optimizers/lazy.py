@@ -5,10 +5,9 @@ stay sparse.
 """
 
 import keras
-import tensorflow as tf
 from keras import ops
 
-from keras_lookup import _checks, _sharded, _tables
+from keras_lookup.optimizers._sparse import _LazyMixin, compute_dtype
 from keras_lookup.optimizers._validation import (
     check_bool,
     check_learning_rate,
@@ -38,203 +37,6 @@ BASE_ARGS_DOC = """weight_decay: Float or `None`. If set, decoupled weight decay
             accumulated over this many steps in full-size accumulators, and
             the update is Keras's dense one.
         name: String. Name of the optimizer and prefix of its variables."""
-
-
-def _tf_variable(variable):
-    return variable.value if isinstance(variable, keras.Variable) else variable
-
-
-def _disable_copy_on_read(variable):
-    # A sparse write puts a variable in TensorFlow's copy-on-read mode, where
-    # every dense read (ReadVariableOp) copies the whole variable: a layer that
-    # gathers from the table's value, like `keras.layers.Embedding`, would copy
-    # the table on every step. Leaving the mode is safe: a later sparse write
-    # copies the buffer first if a dense read still holds it. XLA has no
-    # kernel for the op, and handles variable buffers itself.
-    if _checks.in_xla_context() or not hasattr(tf.raw_ops, "DisableCopyOnRead"):
-        return
-    tf.raw_ops.DisableCopyOnRead(resource=_tf_variable(variable).handle)
-
-
-def _unique_rows(gradient):
-    """Returns `(indices, values)` with each row index once, values summed."""
-    indices, positions = tf.unique(gradient.indices)
-
-    def summed():
-        return tf.math.unsorted_segment_sum(
-            gradient.values, positions, tf.shape(indices)[0]
-        )
-
-    # The sum is the slow part (TensorFlow's CPU segment sum is serial: 1.2 ms
-    # for 8k rows of 64). Where the ids are already distinct, as in every
-    # gradient of `tf.nn.embedding_lookup_sparse`, `tf.unique` kept their
-    # order and there is nothing to sum.
-    distinct = tf.equal(tf.size(indices), tf.size(gradient.indices))
-    values = tf.cond(distinct, lambda: tf.identity(gradient.values), summed)
-    return indices, values
-
-
-class _DivisibleSlices(tf.IndexedSlices):
-    def __truediv__(self, divisor):
-        return tf.IndexedSlices(self.values / divisor, self.indices, self.dense_shape)
-
-
-def _with_values(slices, values):
-    return tf.IndexedSlices(values, slices.indices, slices.dense_shape)
-
-
-class _LazyMixin:
-    """Routes `tf.IndexedSlices` gradients to `_sparse_update_step`.
-
-    Everything else (dense gradients, accumulation, EMA) is left to the Keras
-    optimizer that follows this mixin in the MRO.
-    """
-
-    # Keys (`_var_key`) of the variables whose gradient is sparse in the
-    # step being traced, and of those among them that weight decay applies to.
-    _lazy_sparse_keys = frozenset()
-    _lazy_decay_keys = frozenset()
-
-    def build(self, variables):
-        # `model.fit` builds the optimizer while tracing its first step, where
-        # the slots' initializers are deferred into the step's graph; there
-        # they cannot reuse memory TensorFlow pooled when the table was
-        # initialized, and the V=1M benchmark peaked at 2.67 GiB instead of
-        # 2.13 GiB. Creating them eagerly, as a build before `fit` would, avoids
-        # that. In place: a full-width slot of a large table is filled where it
-        # lies, not materialized and then copied (2x the slot at its creation).
-        with tf.init_scope(), _tables.in_place():
-            super().build(variables)
-
-    def add_variable_from_reference(
-        self, reference_variable, name=None, initializer="zeros"
-    ):
-        slot = super().add_variable_from_reference(
-            reference_variable, name=name, initializer=initializer
-        )
-        # A slot of a sharded table's part is that part of the logical slot.
-        return _sharded.mark_slot(self, reference_variable, slot, name)
-
-    def _trackable_children(self, save_type="checkpoint", **kwargs):
-        children = super()._trackable_children(save_type, **kwargs)
-        if save_type != "checkpoint":
-            return children
-        # Slots of a sharded table's parts are saved as the logical slot.
-        cache = self.__dict__.setdefault("_keras_lookup_logical_lists", {})
-        return _sharded.logical_children(children, cache)
-
-    def apply(self, grads, trainable_variables=None):
-        if self.loss_scale_factor is not None:
-            # Keras unscales with `g / loss_scale_factor`, which plain
-            # `tf.IndexedSlices` do not support.
-            grads = [
-                _DivisibleSlices(g.values, g.indices, g.dense_shape)
-                if isinstance(g, tf.IndexedSlices)
-                else g
-                for g in grads
-            ]
-        return super().apply(grads, trainable_variables)
-
-    def _backend_apply_gradients(self, grads, trainable_variables):
-        # Recorded at trace time for `_apply_weight_decay` and `update_step`.
-        # Never reset: under `MirroredStrategy` each replica thread writes the
-        # same value, and a reset by one could race with another's update.
-        sparse, decay = [], []
-        if not self.gradient_accumulation_steps:
-            for grad, variable in zip(grads, trainable_variables, strict=True):
-                if isinstance(grad, tf.IndexedSlices):
-                    sparse.append(self._var_key(variable))
-                    if self.weight_decay is not None and self._use_weight_decay(
-                        variable
-                    ):
-                        decay.append(self._var_key(variable))
-        self._lazy_sparse_keys = frozenset(sparse)
-        self._lazy_decay_keys = frozenset(decay)
-        super()._backend_apply_gradients(grads, trainable_variables)
-
-    def _apply_weight_decay(self, variables):
-        # Sparse variables decay row by row inside `update_step`.
-        keys = self._lazy_sparse_keys
-        super()._apply_weight_decay(
-            [v for v in variables if self._var_key(v) not in keys]
-        )
-
-    def _clip_gradients(self, grads):
-        if not any(isinstance(g, tf.IndexedSlices) for g in grads):
-            return super()._clip_gradients(grads)
-        clipnorm = self.clipnorm and self.clipnorm > 0
-        global_clipnorm = self.global_clipnorm and self.global_clipnorm > 0
-        clipvalue = self.clipvalue and self.clipvalue > 0
-        if not (clipnorm or global_clipnorm or clipvalue):
-            return grads
-        # Sum duplicate ids first: the norm and the clipped entries of a
-        # slices gradient are then those of its dense equivalent.
-        grads = [
-            tf.IndexedSlices(*reversed(_unique_rows(g)), g.dense_shape)
-            if isinstance(g, tf.IndexedSlices)
-            else g
-            for g in grads
-        ]
-        if clipnorm:
-            clip = self._clip_by_norm
-        elif global_clipnorm:
-            tensors = [
-                g.values if isinstance(g, tf.IndexedSlices) else g
-                for g in grads
-                if g is not None
-            ]
-            # Same arithmetic as Keras's `clip_by_global_norm`.
-            norm = ops.sqrt(
-                ops.sum(ops.stack([ops.sum(ops.square(t)) for t in tensors]))
-            )
-            scale_for_finite = self.global_clipnorm * ops.minimum(
-                1.0 / norm, 1.0 / self.global_clipnorm
-            )
-            scale = scale_for_finite + (norm - norm)
-
-            def clip(t):
-                return t * scale
-        else:
-
-            def clip(t):
-                return ops.clip(t, -self.clipvalue, self.clipvalue)
-
-        return [
-            None
-            if g is None
-            else _with_values(g, clip(g.values))
-            if isinstance(g, tf.IndexedSlices)
-            else clip(g)
-            for g in grads
-        ]
-
-    def update_step(self, gradient, variable, learning_rate):
-        if not isinstance(gradient, tf.IndexedSlices):
-            return super().update_step(gradient, variable, learning_rate)
-        indices, values = _unique_rows(gradient)
-        values = ops.cast(values, variable.dtype)
-        learning_rate = ops.cast(learning_rate, variable.dtype)
-        self._sparse_update_step(indices, values, variable, learning_rate)
-        _disable_copy_on_read(variable)
-
-    def _sparse_update_step(self, indices, values, variable, learning_rate):
-        raise NotImplementedError
-
-    def _gather(self, variable, indices):
-        return tf.gather(_tf_variable(variable), indices)
-
-    def _scatter(self, variable, indices, rows):
-        self.assign(variable, tf.IndexedSlices(rows, indices))
-
-    def _subtract_rows(self, variable, indices, delta, learning_rate):
-        """`variable[indices] -= delta`, after weight decay of those rows."""
-        if self._var_key(variable) not in self._lazy_decay_keys:
-            self.assign_sub(variable, tf.IndexedSlices(delta, indices))
-            return
-        rows = self._gather(variable, indices)
-        wd = ops.cast(self.weight_decay, variable.dtype)
-        rows = rows - rows * wd * learning_rate
-        self._scatter(variable, indices, rows - delta)
 
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
@@ -343,7 +145,7 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
         )
 
     def _sparse_update_step(self, indices, values, variable, learning_rate):
-        dtype = variable.dtype
+        dtype = compute_dtype(variable)
         local_step = ops.cast(self.iterations + 1, dtype)
         beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
         beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
@@ -449,7 +251,7 @@ class LazySGD(_LazyMixin, keras.optimizers.SGD):
         if self.momentum == 0:
             self._subtract_rows(variable, indices, step, learning_rate)
             return
-        momentum = ops.cast(self.momentum, variable.dtype)
+        momentum = ops.cast(self.momentum, compute_dtype(variable))
         m_var = self.momentums[self._get_variable_index(variable)]
         m = self._gather(m_var, indices) * momentum - step
         self._scatter(m_var, indices, m)

@@ -5,12 +5,8 @@ import tensorflow as tf
 from keras import ops
 
 from keras_lookup import _sharded
-from keras_lookup.optimizers.lazy import (
-    BASE_ARGS_DOC,
-    LazyAdagrad,
-    LazyAdam,
-    _tf_variable,
-)
+from keras_lookup.optimizers._sparse import _tf_variable, compute_dtype
+from keras_lookup.optimizers.lazy import BASE_ARGS_DOC, LazyAdagrad, LazyAdam
 
 # Names of the variables that get one optimizer number per row: the tables of
 # `keras.layers.Embedding` and `keras_lookup.Embedding` (and their subclasses).
@@ -55,7 +51,7 @@ class _RowwiseMixin:
             slot = self.add_variable(
                 shape=(int(reference_variable.shape[0]),),
                 initializer=initializer,
-                dtype=reference_variable.dtype,
+                dtype=compute_dtype(reference_variable),
                 name=f"{reference_variable.path.replace('/', '_')}_{name}",
             )
         return _sharded.mark_slot(self, reference_variable, slot, name)
@@ -284,7 +280,7 @@ class LazyRowwiseAdam(_RowwiseMixin, LazyAdam):
         return config
 
     def _rowwise_update_step(self, indices, values, variable, learning_rate):
-        dtype = variable.dtype
+        dtype = compute_dtype(variable)
         step = ops.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
         index = self._get_variable_index(variable)
