@@ -9,6 +9,7 @@ imports neither `bench` nor `calibration`, which both import it.
 
 import dataclasses
 import math
+import random
 import time
 
 import keras
@@ -148,12 +149,12 @@ def make_column(column, form, vocab, k, settings, inputs):
     return _step(forward, layer.trainable_variables, inputs), layer
 
 
-def time_interleaved(steps, rounds, round_ms=5.0):
+def time_interleaved(steps, rounds, round_ms=5.0, seed=0):
     """`{name: [ms, one per round]}`, the steps timed side by side.
 
     Each step is warmed up; then every round runs each step, in an order
-    rotated from round to round, for about `round_ms` (at least one call),
-    timing every call. A round's figure for a step is its fastest call there:
+    shuffled from round to round (seeded), for about `round_ms` (at least one
+    call), timing every call. A round's figure for a step is its fastest call there:
     on a shared machine a call either runs undisturbed or is slowed by others,
     so the fastest is the least noisy estimate of the step's own cost.
     """
@@ -172,9 +173,12 @@ def time_interleaved(steps, rounds, round_ms=5.0):
         calls[name] = max(1, min(200, math.ceil(round_ms / once)))
     names = list(steps)
     times = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+    # Shuffled, not rotated: with a rotation a step follows the same neighbour
+    # in most rounds, and a slow neighbour (a 50 ms one-hot matmul) leaves the
+    # machine slowed for the next one, so that step looked slower than it is.
+    order = random.Random(seed)
+    for _ in range(rounds):
+        for name in order.sample(names, len(names)):
             fastest = math.inf
             for _ in range(calls[name]):
                 start = time.perf_counter()

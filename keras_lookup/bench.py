@@ -17,7 +17,7 @@ Columns: `keras.layers.Embedding` (plus a sum for bags) and
 `keras.layers.Dense` on a one-hot / bag-count matrix, Keras's own layers, as
 baselines; `keras_lookup.DimensionReducer` with `strategy="gather"`,
 `"matmul"` and `"auto"`. At each point every column is traced and warmed up,
-then timed in interleaved rounds (each round runs every column, in a rotating
+then timed in interleaved rounds (each round runs every column, in a shuffled
 order, for a few milliseconds, and keeps its fastest call); the table reports
 the minimum over rounds (the median over rounds is in results.json), and
 `auto / fastest`: auto's time over the fastest of all the columns (1.00 when
