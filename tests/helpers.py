@@ -1,5 +1,6 @@
 """The shared layer test, after keras's `run_layer_test`."""
 
+import json
 import os
 import subprocess
 import sys
@@ -187,3 +188,21 @@ def check_resume(build, x, y, save, load):
         restored.get_weights(), uninterrupted.get_weights(), strict=True
     ):
         np.testing.assert_allclose(resumed, reference, rtol=1e-6, atol=1e-7)
+
+
+def script_report(script):
+    """Runs `script` in a new process, in a temporary folder, and returns the
+    dict it printed after `REPORT` (a peak RSS measured there is its own)."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "KERAS_BACKEND": "tensorflow"}
+    with tempfile.TemporaryDirectory() as folder:
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=folder,
+            timeout=300,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("REPORT"))
+    return json.loads(line[len("REPORT") :])

@@ -1,11 +1,6 @@
 """Tables stored in bfloat16 / float16 (`table_dtype`), trained with
 stochastic rounding by the lazy and row-wise optimizers."""
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import textwrap
 
 import keras
@@ -13,7 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import check_resume
+from helpers import check_resume, script_report
 
 import keras_lookup
 from keras_lookup import optimizers
@@ -529,19 +524,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
 
 
 def test_mirrored_strategy_keeps_half_table_copies_identical():
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "KERAS_BACKEND": "tensorflow"}
-    with tempfile.TemporaryDirectory() as folder:
-        result = subprocess.run(
-            [sys.executable, "-c", MIRRORED_SCRIPT],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=folder,
-            timeout=300,
-        )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("REPORT"))
-    report = json.loads(line[len("REPORT") :])
+    report = script_report(MIRRORED_SCRIPT)
     assert report["dtype"] == "bfloat16"
     assert report["copies"] == 2
     # The replicas round with the same random bits, so their copies agree
@@ -575,15 +558,6 @@ MEMORY_SCRIPT = textwrap.dedent(
 def test_building_a_half_table_stays_near_its_size():
     # A 256 MiB bfloat16 table, in its own process so that the peak is the
     # build's; drawn in float32 slice by slice (measured: 1.03x).
-    result = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("REPORT"))
-    report = json.loads(line[len("REPORT") :])
+    report = script_report(MEMORY_SCRIPT)
     table = 2**21 * 64 * 2
     assert report["after"] - report["before"] <= 1.1 * table, report

@@ -2,11 +2,7 @@
 
 import copy
 import ctypes
-import json
 import os
-import subprocess
-import sys
-import tempfile
 import textwrap
 import warnings
 
@@ -14,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import sotu_era_task, train_on_sotu_era
+from helpers import script_report, sotu_era_task, train_on_sotu_era
 from tensorflow.python.framework import indexed_slices
 
 import keras_lookup
@@ -774,19 +770,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
 
 
 def test_mirrored_strategy_matches_single_device():
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "KERAS_BACKEND": "tensorflow"}
-    with tempfile.TemporaryDirectory() as folder:
-        result = subprocess.run(
-            [sys.executable, "-c", MIRRORED_SCRIPT],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=folder,
-            timeout=300,
-        )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("REPORT"))
-    report = json.loads(line[len("REPORT") :])
+    report = script_report(MIRRORED_SCRIPT)
     assert set(report) == set(EMBEDDINGS)
     for name, entry in report.items():
         assert entry["replicas"] == 2, name

@@ -1,15 +1,13 @@
 """Tests for `keras_lookup._tables`: tables built in place, with Keras's values."""
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import script_report
 
 import keras_lookup
 from keras_lookup import _tables
@@ -166,15 +164,6 @@ MEMORY_SCRIPT = textwrap.dedent(
 def test_peak_memory_of_building_stays_near_the_table_size():
     # 256 MiB table, in its own process so that the peak is the build's. Keras's
     # own build of the same layer peaks at 3.2x the table (measured).
-    result = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(x for x in result.stdout.splitlines() if x.startswith("REPORT"))
-    report = json.loads(line[len("REPORT") :])
+    report = script_report(MEMORY_SCRIPT)
     table = 2**20 * 64 * 4
     assert report["after"] - report["before"] < 1.4 * table, report
