@@ -28,6 +28,7 @@ write and read the logical table.
 import functools
 import math
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.distribute import parameter_server_strategy_v2, sharded_variable
@@ -96,8 +97,8 @@ def build_table(layer, name, shape, initializer, regularizer, constraint):
                 shape=(stop - start,) + tuple(shape[1:]),
                 initializer=initializer,
                 name=f"{name}_part_{index}",
-                regularizer=_OnPart(regularizer) if regularizer else None,
-                constraint=_OnPart(constraint) if constraint else None,
+                regularizer=_RegularizerOnPart(regularizer) if regularizer else None,
+                constraint=_ConstraintOnPart(constraint) if constraint else None,
                 trainable=True,
             )
         parts.append(variable)
@@ -229,6 +230,15 @@ class _OnPart:
         device = getattr(variable, "value", variable).device
         with tf.device(device):
             return self.function(variable)
+
+
+# Keras 3.12 accepts only these base classes on a variable (3.15: any callable).
+class _RegularizerOnPart(_OnPart, keras.regularizers.Regularizer):
+    pass
+
+
+class _ConstraintOnPart(_OnPart, keras.constraints.Constraint):
+    pass
 
 
 def _check_constraint(layer, constraint):

@@ -8,14 +8,14 @@ and are checked the same way.
 """
 
 import glob
-import json
 import os
-import zipfile
 
-import keras
 import pytest
-from helpers import run_python
-from packaging.version import Version
+from helpers import (
+    run_python,
+    skip_if_written_by_newer_keras,
+    written_by_newer_keras,
+)
 
 SAVED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "saved_models")
 SIDECARS = (".inputs.json", ".expected.npz")
@@ -41,28 +41,6 @@ for stem in sys.argv[1:]:
     )
     print("reproduced", stem, outputs.shape)
 """
-
-
-def writer_keras_version(path):
-    """The Keras version that wrote the `.keras` file (its metadata.json)."""
-    with zipfile.ZipFile(path) as archive:
-        return json.loads(archive.read("metadata.json"))["keras_version"]
-
-
-def _written_by_newer_keras(stem):
-    return Version(keras.__version__) < Version(writer_keras_version(stem + ".keras"))
-
-
-def skip_if_written_by_newer_keras(stem):
-    # Keras reads files written by the same or an older Keras; a newer one may
-    # have written config keys an older Keras does not know (3.15 writes
-    # `input_axes` in initializer configs, which 3.12 refuses).
-    written_by = writer_keras_version(stem + ".keras")
-    if Version(keras.__version__) < Version(written_by):
-        pytest.skip(
-            f"needs Keras >= {written_by}, which wrote "
-            f"{os.path.basename(stem)}.keras; this is Keras {keras.__version__}"
-        )
 
 
 def check_saved_models(stems, cwd):
@@ -124,7 +102,7 @@ def test_saved_models_reproduce_outputs(folder, tmp_path):
             pytest.fail(f"{stem}.keras has no sidecars (see the test above)")
     # Models written by a newer Keras than this one skip (see above), one by
     # one; the folder's others are still checked.
-    readable = [s for s in stems if not _written_by_newer_keras(s)]
+    readable = [s for s in stems if not written_by_newer_keras(s)]
     if not readable:
         skip_if_written_by_newer_keras(stems[0])
     check_saved_models(readable, tmp_path)
