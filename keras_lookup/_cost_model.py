@@ -9,8 +9,13 @@ input forms:
 
 - `"single"`: one id per position (no combiner), k = 1;
 - `"padded"`: dense `(rows, k)` bags, k known from the shape;
-- `"ragged"`: ragged or sparse bags, and multi-hot rows, with a varying number
-  of ids per row (summed with segment sums).
+- `"ragged"`: ragged or sparse bags (sparse multi-hot rows included), with a
+  varying number of ids per row;
+- `"multi_hot"`: dense `(rows, V)` multi-hot or count rows
+  (`input_format="multi_hot"`), k their nonzeros per row. Matmul multiplies
+  the input itself here, and a gather must first find the nonzeros, a pass
+  over all rows · V entries, so matmul wins up to larger V than on ragged
+  bags.
 
 Between measured bag sizes V*(k) is interpolated linearly in log k / log V,
 and it is held flat beyond the smallest and largest measured k (so a table
@@ -20,6 +25,10 @@ made then; for ragged, sparse and multi-hot bags it is made per batch inside
 the graph: matmul when the batch's ids per row, `ids / rows`, reach `k*(V)`,
 the bag size at which V*(k) = V. Nothing here times anything: for a given
 calibration every choice is a pure function of its arguments.
+
+A calibration written before `"multi_hot"` was measured (keras_lookup 0.2)
+still reads: dense multi-hot rows then follow its ragged crossovers, as they
+did then, and the calibration's source says so.
 """
 
 import json
@@ -30,7 +39,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-FORMS = ("single", "padded", "ragged")
+FORMS = ("single", "padded", "ragged", "multi_hot")
 
 # Crossovers V*(k) (matmul is as fast as gather at this vocabulary size) for
 # float32 on CPU, measured with `python -m keras_lookup.bench --calibrate
@@ -39,11 +48,15 @@ FORMS = ("single", "padded", "ragged")
 # TensorFlow 2.21, 2026-11-30, with the count matrix built by bincount (0.2).
 # For single ids gather was never slower (V* = 1: matmul 0.53 ms against
 # 0.51 at V = 2); bags of 64 ids: matmul 0.34-0.66 ms up to V = 512 against
-# 1.0-1.2 ms for the gather.
+# 1.0-1.2 ms for the gather. Dense multi-hot rows were measured on the same
+# machine on 2026-11-30 by the scan `calibrate()` runs for them (rounds 15,
+# quiet machine): matmul 0.58 ms at V = 512 against 0.38 ms (1 id per row),
+# 0.61 (8 ids) and 1.13 (64 ids) for the gather.
 CPU_DEFAULTS = {
     "single": {1: 1.0},
     "padded": {1: 6.0, 8: 299.0, 64: 725.0},
     "ragged": {1: 74.0, 8: 511.0, 64: 863.0},
+    "multi_hot": {1: 182.0, 8: 1105.0, 64: 3546.0},
 }
 CPU_DEFAULTS_SOURCE = "shipped CPU defaults (2-core x86_64, TensorFlow 2.21)"
 
@@ -84,6 +97,14 @@ class Calibration:
             for k in ks:
                 vocabs.append(max([by_k[k], *vocabs[-1:]]))
             self.crossovers[form] = (tuple(ks), tuple(vocabs))
+        if "multi_hot" not in self.crossovers and "ragged" in self.crossovers:
+            # Written before multi-hot rows were measured (0.2): they follow
+            # the ragged crossovers, as they did then.
+            self.crossovers["multi_hot"] = self.crossovers["ragged"]
+            self.source += (
+                "; multi-hot rows follow its ragged crossovers (it has no "
+                "multi_hot form: run keras_lookup.calibrate() again to measure it)"
+            )
         missing = [form for form in FORMS if form not in self.crossovers]
         if missing:
             raise ValueError(f"Calibration lacks the forms {missing}.")
@@ -161,61 +182,78 @@ def choose(vocab_size, form, ids_per_row, calibration):
             f"vocab_size={vocab_size:,} {sign} {limit:,.0f}, the crossover for "
             f"that bag size ({cal.describe('padded')})",
         )
-    if form != "bags":
+    if form not in ("bags", "multi_hot"):
         raise ValueError(f"Unknown form {form!r}")
-    smallest = cal.crossover("ragged", 1)
-    largest = cal.crossover("ragged", math.inf)
+    # Bags of ids: ragged or sparse ones are measured as "ragged"; dense
+    # multi-hot rows as "multi_hot".
+    table, what = ("ragged", "bags")
+    if form == "multi_hot":
+        table, what = ("multi_hot", "dense multi-hot rows")
+    smallest = cal.crossover(table, 1)
+    largest = cal.crossover(table, math.inf)
     if vocab_size <= smallest:
         return StrategyChoice(
             "matmul",
             f"matmul: vocab_size={vocab_size:,} <= {smallest:,.0f}, where matmul "
-            f"is faster even for bags of one id ({cal.describe('ragged')})",
+            f"is faster even for {what} of one id ({cal.describe(table)})",
         )
     if vocab_size > largest:
         return StrategyChoice(
             "gather",
             f"gather: vocab_size={vocab_size:,} > {largest:,.0f}, above every "
             "measured crossover, so every batch gathers and the gradient stays "
-            f"row-sparse ({cal.describe('ragged')})",
+            f"row-sparse ({cal.describe(table)})",
         )
-    k = cal.min_ids_per_row("ragged", vocab_size)
+    k = cal.min_ids_per_row(table, vocab_size)
     return StrategyChoice(
         "per_batch",
-        f"per batch: at vocab_size={vocab_size:,} a batch of bags takes matmul "
+        f"per batch: at vocab_size={vocab_size:,} a batch of {what} takes matmul "
         f"when it averages >= {k:.3g} ids per row, gather otherwise "
-        f"({cal.describe('ragged')})",
+        f"({cal.describe(table)})",
         min_ids_per_row=k,
     )
 
 
-def batch_ids_per_row(inputs, multi_hot):
-    """`(ids, rows)` of one batch of ragged, sparse or multi-hot bags."""
+# Dense multi-hot rows: the ids per row are estimated from this many rows,
+# evenly spaced. Counting every nonzero is a pass over all rows x V entries
+# that the `tf.cond` must wait for: +0.1-0.25 ms on a 0.55-1.1 ms step (CPU,
+# V = 512-2,048, 256 rows), against +0.03-0.05 ms for 32 gathered rows.
+MULTI_HOT_SAMPLE_ROWS = 32
+
+
+def batch_ids_per_row(inputs):
+    """`(ids, rows)` of one batch of ragged or sparse bags, or of dense
+    multi-hot rows (there counted on at most `MULTI_HOT_SAMPLE_ROWS` rows,
+    evenly spaced: the count only places the batch against a threshold)."""
     if isinstance(inputs, tf.RaggedTensor):
         return tf.size(inputs.flat_values), inputs.nrows()
     if isinstance(inputs, tf.SparseTensor):
         return tf.size(inputs.values), inputs.dense_shape[0]
-    rows = tf.size(inputs) // tf.maximum(tf.shape(inputs)[-1], 1)
-    # Both branches wait for this count over the whole matrix. `count_nonzero`
-    # (compare, cast, sum) kept a 0.35 ms step waiting ~0.1 ms on CPU; a
-    # float sum of |sign(x)| is one fused pass (exact to 2**24 nonzeros, and
-    # the count only places a batch against a threshold).
-    if inputs.dtype not in (tf.float32, tf.float64):
-        inputs = tf.cast(inputs, tf.float32)
-    return tf.reduce_sum(tf.abs(tf.sign(inputs))), rows
+    matrix = tf.reshape(inputs, [-1, tf.shape(inputs)[-1]])
+    rows = tf.shape(matrix)[0]
+    sampled = tf.minimum(rows, MULTI_HOT_SAMPLE_ROWS)
+    picked = tf.range(sampled) * rows // tf.maximum(sampled, 1)
+    matrix = tf.gather(matrix, picked)
+    if matrix.dtype not in (tf.float32, tf.float64):
+        matrix = tf.cast(matrix, tf.float32)
+    # A float sum of |sign(x)| is one fused pass (`count_nonzero` is three).
+    return tf.reduce_sum(tf.abs(tf.sign(matrix))), sampled
 
 
 def use_matmul(choice, vocab_size, inputs, multi_hot, calibration):
-    """Whether a batch of bags takes matmul under `choice` (the `"bags"`
-    choice): a Python bool when that is static for these inputs, else a scalar
-    boolean tensor computed from the batch (never from a timing).
+    """Whether a batch of bags takes matmul under `choice` (the layer's choice
+    for its input format): a Python bool when that is static for these
+    inputs, else a scalar boolean tensor computed from the batch (never from a
+    timing).
 
-    Ragged and sparse ids and multi-hot rows follow `choice`; dense ids follow
-    the padded crossovers, statically when their width is.
+    Ragged and sparse ids and dense multi-hot rows follow `choice`; dense ids
+    follow the padded crossovers, statically when their width is; sparse
+    multi-hot rows, the ragged ones.
     """
-    dense_ids = not multi_hot and not isinstance(
-        inputs, (tf.RaggedTensor, tf.SparseTensor)
-    )
-    if dense_ids:
+    sparse = isinstance(inputs, (tf.RaggedTensor, tf.SparseTensor))
+    if multi_hot and sparse:
+        choice = choose(vocab_size, "bags", None, calibration)
+    if not multi_hot and not sparse:  # dense ids
         width = inputs.shape[-1] if inputs.shape.rank else None
         if width is not None:
             picked = choose(vocab_size, "padded", width, calibration)
@@ -230,7 +268,7 @@ def use_matmul(choice, vocab_size, inputs, multi_hot, calibration):
     elif choice.strategy != "per_batch":
         return choice.strategy == "matmul"
     else:
-        (ids, rows), k = batch_ids_per_row(inputs, multi_hot), choice.min_ids_per_row
+        (ids, rows), k = batch_ids_per_row(inputs), choice.min_ids_per_row
     ids = tf.cast(ids, tf.float64)
     return tf.logical_and(ids > 0, ids >= k * tf.cast(rows, tf.float64))
 
@@ -263,7 +301,8 @@ def with_bag_width(choice, vocab_size, width, calibration):
 # Where calibrations live (see `keras_lookup.calibration`): read by every
 # "auto" layer, written by `calibrate()`.
 CACHE_DIR_ENV = "KERAS_LOOKUP_CACHE_DIR"
-FORMAT_VERSION = 1
+# 2: with the "multi_hot" form (0.2.1); version-1 files still read.
+FORMAT_VERSION = 2
 
 
 def cache_dir():

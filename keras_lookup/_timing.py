@@ -20,9 +20,9 @@ from keras_lookup import _cost_model
 from keras_lookup.dimension_reducer import DimensionReducer
 
 FORMS = _cost_model.FORMS
-# What `bench` can also time (not calibrated: multi-hot rows follow the ragged
-# crossovers): a dense `(rows, V)` count matrix, `input_format="multi_hot"`.
-BENCH_FORMS = FORMS + ("multi_hot",)
+# `bench`'s default grid: ids in their three forms (multi-hot rows, a dense
+# `(rows, V)` count matrix, on request: `--forms multi_hot`).
+DEFAULT_FORMS = ("single", "padded", "ragged")
 COLUMNS = ("keras Embedding", "keras Dense", "gather", "matmul", "auto")
 # Columns that build a (rows, V) one-hot or count matrix.
 ONE_HOT_COLUMNS = ("keras Dense", "matmul")

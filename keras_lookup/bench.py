@@ -51,8 +51,8 @@ import tensorflow as tf  # noqa: E402
 
 from keras_lookup import _cost_model, calibration  # noqa: E402
 from keras_lookup._timing import (  # noqa: E402
-    BENCH_FORMS,
     COLUMNS,
+    DEFAULT_FORMS,
     FORMS,
     ONE_HOT_COLUMNS,
     Settings,
@@ -279,9 +279,9 @@ def _parser():
     parser.add_argument(
         "--forms",
         nargs="+",
-        choices=BENCH_FORMS,
-        default=list(FORMS),
-        help="input forms (default: the calibrated three)",
+        choices=FORMS,
+        default=list(DEFAULT_FORMS),
+        help="input forms (default: %(default)s)",
     )
     parser.add_argument(
         "--vocabs",

@@ -48,7 +48,8 @@ def calibrate(
     """Measures the gather/matmul crossovers on this device and stores them.
 
     For each input form (single ids; dense-padded and ragged bags of each
-    size in `ids_per_row`, summed) it times a forward + backward step of
+    size in `ids_per_row`, summed; dense multi-hot rows with that many
+    nonzeros) it times a forward + backward step of
     `DimensionReducer(strategy="gather")` and `"matmul"` side by side, rounds
     interleaved, over growing vocabulary sizes until matmul is clearly the
     slower, and records the vocabulary size where their minimum times cross.
@@ -83,7 +84,7 @@ def calibrate(
     )
     crossover, measurements = {}, []
     plan = [("single", 1)] + [
-        (form, k) for form in ("padded", "ragged") for k in ids_per_row
+        (form, k) for form in ("padded", "ragged", "multi_hot") for k in ids_per_row
     ]
     for form, k in plan:
         scan = _timing.scan_crossover(form, k, vocabs, settings)
@@ -91,6 +92,8 @@ def calibrate(
         measurements.append(scan)
         if verbose:
             what = "single ids" if form == "single" else f"{form} bags of {k} ids"
+            if form == "multi_hot":
+                what = f"multi-hot rows of {k} ids"
             print(
                 f"{what:>22}: matmul faster up to V ~ {scan['crossover']:,.0f}",
                 flush=True,

@@ -50,7 +50,7 @@ def test_bench_module_runs_and_writes_its_outputs(tmp_path):
             limit = _cost_model.CPU_DEFAULTS["single"][1]
             assert p["auto_picked"] == ("matmul" if p["vocab"] <= limit else "gather")
         assert p["auto_over_fastest"] > 0
-    for form in bench.FORMS:
+    for form in bench.DEFAULT_FORMS:
         assert (out / f"lookup_{form}.png").stat().st_size > 10_000
     assert "| V | keras Embedding ms" in (out / "results.md").read_text()
 

@@ -61,6 +61,31 @@ def test_choose_given_a_calibration(cal, vocab, form, ids_per_row, expected):
     assert (choice.min_ids_per_row is not None) == (expected == "per_batch")
 
 
+def test_multi_hot_rows_have_their_own_crossovers():
+    crossovers = {**CROSSOVERS, "multi_hot": {"1": 64, "8": 1024, "64": 8192}}
+    cal = _cost_model.Calibration(crossovers, "with multi_hot")
+    # Where ragged bags already gather, dense multi-hot rows still multiply.
+    assert _cost_model.choose(32, "bags", None, cal).strategy == "per_batch"
+    assert _cost_model.choose(32, "multi_hot", None, cal).strategy == "matmul"
+    assert _cost_model.choose(8192, "multi_hot", None, cal).strategy == "per_batch"
+    assert _cost_model.choose(8193, "multi_hot", None, cal).strategy == "gather"
+    choice = _cost_model.choose(1024, "multi_hot", None, cal)
+    assert choice.min_ids_per_row == pytest.approx(8)
+    assert "dense multi-hot rows" in choice.reason
+    assert "multi_hot crossovers" in choice.reason
+
+
+def test_a_calibration_without_multi_hot_rows_uses_its_ragged_crossovers(cal):
+    # Files written by 0.2 have no "multi_hot" form; they still read, and
+    # multi-hot rows are placed as they were then.
+    assert cal.crossovers["multi_hot"] == cal.crossovers["ragged"]
+    assert "run keras_lookup.calibrate() again" in cal.source
+    for vocab in (16, 17, 1024, 4097):
+        by_bags = _cost_model.choose(vocab, "bags", None, cal)
+        by_rows = _cost_model.choose(vocab, "multi_hot", None, cal)
+        assert by_rows[::2] == by_bags[::2]  # strategy and threshold
+
+
 def test_crossover_interpolates_in_log_log(cal):
     assert cal.crossover("ragged", 8) == pytest.approx(256)
     # Between measured sizes: V* = 16 k^(4/3) exactly on this calibration.
@@ -180,8 +205,9 @@ def test_calibrate_writes_a_file_that_layers_read():
     with open(path) as f:
         stored = json.load(f)
     assert stored["crossover"] == record["crossover"]
-    assert set(stored["crossover"]) == {"single", "padded", "ragged"}
+    assert set(stored["crossover"]) == {"single", "padded", "ragged", "multi_hot"}
     assert set(stored["crossover"]["ragged"]) == {"1", "8"}
+    assert set(stored["crossover"]["multi_hot"]) == {"1", "8"}
     assert (stored["device"], stored["dtype"]) == ("CPU", "float32")
     assert stored["tensorflow"] == tf.__version__
     for scan in stored["measurements"]:

@@ -310,5 +310,37 @@ def test_multi_hot_batches_count_their_nonzero_entries(dtype):
     matrix = np.array([[0, 2, 0, -1], [0, 0, 0, 0], [3, 1, 1, 0]])
     if dtype.startswith("float"):
         matrix = matrix * 0.5
-    ids, rows = _cost_model.batch_ids_per_row(tf.constant(matrix, dtype), True)
+    ids, rows = _cost_model.batch_ids_per_row(tf.constant(matrix, dtype))
     assert float(ids) == 5.0 and int(rows) == 3
+
+
+def test_large_multi_hot_batches_are_counted_on_evenly_spaced_rows():
+    # Counting every entry of a (rows, V) matrix delays the per-batch
+    # decision by a whole pass; 32 evenly spaced rows place the batch.
+    sample = _cost_model.MULTI_HOT_SAMPLE_ROWS
+    nonzeros = np.arange(100) % 7
+    matrix = (np.arange(50)[None, :] < nonzeros[:, None]).astype("float32")
+    ids, rows = _cost_model.batch_ids_per_row(tf.constant(matrix))
+    picked = np.arange(sample) * 100 // sample
+    assert int(rows) == sample
+    assert float(ids) == nonzeros[picked].sum()
+    # Rank 3: rows are every position but the last axis.
+    ids, rows = _cost_model.batch_ids_per_row(tf.constant(matrix.reshape(4, 25, 50)))
+    assert (float(ids), int(rows)) == (nonzeros[picked].sum(), sample)
+
+
+def test_sparse_multi_hot_rows_follow_the_ragged_crossovers():
+    crossovers = {
+        **CROSSOVERS,
+        "ragged": {"1": 1, "8": 2, "64": 4},  # ragged bags always gather here
+        "multi_hot": {"1": 10**6},  # dense multi-hot rows always multiply
+    }
+    write_calibration(crossovers)
+    layer = keras_lookup.DimensionReducer(64, 3, input_format="multi_hot")
+    assert layer.strategy_choice.strategy == "matmul"
+    dense = tf.constant(np.eye(4, 64, dtype="float32"))
+    sparse = tf.sparse.from_dense(dense)
+    cal = layer._calibration
+    assert _cost_model.use_matmul(layer._choice, 64, dense, True, cal) is True
+    assert _cost_model.use_matmul(layer._choice, 64, sparse, True, cal) is False
+    np.testing.assert_allclose(layer(dense), layer(sparse), rtol=1e-6)
