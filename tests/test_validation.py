@@ -82,6 +82,26 @@ def test_bad_ids_raise_in_every_input_form(layer_name, form):
 
 
 @pytest.mark.parametrize("layer_name", list(LAYERS))
+@pytest.mark.parametrize("form", ["dense", "ragged", "sparse", "bag_ragged"])
+def test_empty_batches_pass_the_check_in_graphs(layer_name, form):
+    # The check's message is formatted on every graph call, for the first
+    # bad id; an empty batch has none and must still run.
+    layer = LAYERS[layer_name](combiner="sum" if form.startswith("bag") else None)
+    if form.endswith("ragged"):
+        ids = tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.int32), [0, 0])
+    elif form == "sparse":
+        empty = tf.zeros([0, 2], tf.int64)
+        ids = tf.SparseTensor(empty, tf.zeros([0], tf.int32), [2, 3])
+    else:
+        ids = tf.zeros([0, 4], tf.int32)
+    out = tf.function(lambda x: layer(x))(ids)
+    expected = {"dense": (0, 4, 3), "ragged": (2, 0, 3), "sparse": (2, 3, 3)}
+    out = out.to_tensor() if isinstance(out, tf.RaggedTensor) else out
+    assert tuple(out.shape) == expected.get(form, (2, 3))
+    assert not np.any(out)
+
+
+@pytest.mark.parametrize("layer_name", list(LAYERS))
 def test_string_ids_raise_type_error(layer_name):
     with pytest.raises(TypeError, match="StringLookup"):
         LAYERS[layer_name]()(tf.constant([["a", "b"]]))
