@@ -33,6 +33,7 @@ def test_bench_module_runs_and_writes_its_outputs(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "Worst auto point" in result.stdout
+    assert "Auto against our column of the strategy it ran" in result.stdout
     with open(out / "results.json") as f:
         report = json.load(f)
     points = report["points"]
