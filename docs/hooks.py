@@ -2,8 +2,9 @@
 
 - benchmarks/results/ becomes the site's results/ folder: the plots and
   tables stay where the benchmarks write them and the site reads them from
-  there at every build, so a page can never show a stale copy, and a page that
-  links a plot or table that no longer exists fails `mkdocs build --strict`.
+  there at every build (plots, tables and the JSON they came from), so a
+  page can never show a stale copy, and a page that links a file that no
+  longer exists fails `mkdocs build --strict`.
 - CHANGELOG.md at the repository root becomes the page changelog.md.
 """
 
@@ -13,7 +14,7 @@ from mkdocs.structure.files import File
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SUFFIXES = (".png", ".md")
+SUFFIXES = (".png", ".md", ".json")
 
 
 def on_files(files, config):
