@@ -162,6 +162,10 @@ def validate_ids(ids, vocab_size, invalid_ids, layer_name, arg_name):
         # Unsigned and int64 ids are compared in int64 before any narrowing cast,
         # so that a huge id can never wrap into the valid range.
         wide = ids if dtype in (tf.int32, tf.int64) else tf.cast(ids, tf.int64)
+        if wide.dtype == tf.int32 and vocab_size > _INT32_MAX:
+            # The bound does not fit in int32 (it would overflow, and every id
+            # would be refused); compare in int64.
+            wide = tf.cast(wide, tf.int64)
         valid = (wide >= 0) & (wide < vocab_size)
     if invalid_ids == "raise" and not in_xla_context():
         message = (

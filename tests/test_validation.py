@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_lookup
+from keras_lookup import _checks
 
 VOCAB = 5
 
@@ -202,3 +203,24 @@ def test_bad_embedding_arguments(kwargs, message):
     config.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=message):
         keras_lookup.Embedding.from_config(config)
+
+
+@pytest.mark.parametrize(
+    "dtype, vocab",
+    [("int32", 5), ("int64", 5), ("int32", 2**31), ("int32", 3 * 10**9)],
+)
+def test_negative_ids_are_caught_at_every_vocabulary_size(dtype, vocab):
+    # A vocabulary of 2**31 rows or more (a table split across parameter
+    # servers) does not fit int32: int32 ids are then compared in int64. Before
+    # that fix, the bound overflowed and every int32 id was refused.
+    smallest = np.iinfo(dtype).min
+
+    @tf.function
+    def check(ids):
+        safe, _, _ = _checks.validate_ids(ids, vocab, "raise", "layer", "input_dim")
+        return safe
+
+    np.testing.assert_array_equal(check(tf.constant([0, 4], dtype)), [0, 4])
+    for bad in (-1, smallest):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"received id {bad} "):
+            check(tf.constant([1, bad, 2], dtype))
