@@ -159,13 +159,13 @@ def validate_ids(ids, vocab_size, invalid_ids, layer_name, arg_name):
     if dtype.is_floating:
         valid = (ids >= 0) & (ids < vocab_size) & tf.equal(ids, tf.floor(ids))
     else:
-        # Unsigned and int64 ids are compared in int64 before any narrowing cast,
-        # so that a huge id can never wrap into the valid range.
-        wide = ids if dtype in (tf.int32, tf.int64) else tf.cast(ids, tf.int64)
-        if wide.dtype == tf.int32 and vocab_size > _INT32_MAX:
-            # The bound does not fit in int32 (it would overflow, and every id
-            # would be refused); compare in int64.
-            wide = tf.cast(wide, tf.int64)
+        # Compared in a dtype that holds both the ids and the bound: int32 ids
+        # as they are while the vocabulary fits int32, all else in int64 (a
+        # huge unsigned id must not wrap into the valid range before a
+        # narrowing cast, and a bound beyond int32 would overflow and refuse
+        # every id).
+        fits = dtype == tf.int64 or (dtype == tf.int32 and vocab_size <= _INT32_MAX)
+        wide = ids if fits else tf.cast(ids, tf.int64)
         valid = (wide >= 0) & (wide < vocab_size)
     if invalid_ids == "raise" and not in_xla_context():
         message = (

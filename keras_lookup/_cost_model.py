@@ -184,13 +184,15 @@ def choose(vocab_size, form, ids_per_row, calibration):
             f"vocab_size={vocab_size:,} {sign} {limit:,.0f}, the crossover for "
             f"that bag size ({cal.describe('padded')})",
         )
-    if form not in ("bags", "multi_hot"):
-        raise ValueError(f"Unknown form {form!r}")
-    # Bags of ids: ragged or sparse ones are measured as "ragged"; dense
+    # Bags of ids (ragged or sparse) are measured as "ragged"; dense
     # multi-hot rows as "multi_hot".
-    table, what = ("ragged", "bags")
-    if form == "multi_hot":
-        table, what = ("multi_hot", "dense multi-hot rows")
+    tables = {
+        "bags": ("ragged", "bags"),
+        "multi_hot": ("multi_hot", "dense multi-hot rows"),
+    }
+    if form not in tables:
+        raise ValueError(f"Unknown form {form!r}")
+    table, what = tables[form]
     smallest = cal.crossover(table, 1)
     largest = cal.crossover(table, math.inf)
     if vocab_size <= smallest:

@@ -91,9 +91,8 @@ def calibrate(
         crossover.setdefault(form, {})[str(k)] = scan["crossover"]
         measurements.append(scan)
         if verbose:
-            what = "single ids" if form == "single" else f"{form} bags of {k} ids"
-            if form == "multi_hot":
-                what = f"multi-hot rows of {k} ids"
+            what = {"single": "single ids", "multi_hot": f"multi-hot rows of {k} ids"}
+            what = what.get(form, f"{form} bags of {k} ids")
             print(
                 f"{what:>22}: matmul faster up to V ~ {scan['crossover']:,.0f}",
                 flush=True,

@@ -175,7 +175,7 @@ class DimensionReducer(_base.LookupBase):
         self._bag_width = None
         if strategy == "auto":
             self._calibration = _cost_model.load_calibration(self.compute_dtype)
-            form = "single" if not self._bags else "bags"
+            form = "bags" if self._bags else "single"
             if input_format == "multi_hot":
                 form = "multi_hot"
             self._choice = _cost_model.choose(vocab_size, form, None, self._calibration)
