@@ -222,5 +222,27 @@ def test_negative_ids_are_caught_at_every_vocabulary_size(dtype, vocab):
 
     np.testing.assert_array_equal(check(tf.constant([0, 4], dtype)), [0, 4])
     for bad in (-1, smallest):
-        with pytest.raises(tf.errors.InvalidArgumentError, match=f"received id {bad} "):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"received id {bad},"):
             check(tf.constant([1, bad, 2], dtype))
+
+
+@pytest.mark.parametrize(
+    "dtype, ids, shown",
+    [
+        ("int32", [9, 1, -3, 7, -1], "-1"),  # a negative id first: nearest 0
+        ("int32", [9, 1, 12, 7], "12"),  # else the largest
+        ("int64", [2**40, -(2**40)], str(-(2**40))),
+        ("uint64", [3, 2**63 + 5], str(2**63 + 5)),  # not wrapped to negative
+    ],
+)
+def test_the_message_names_the_same_bad_id_eagerly_and_in_graphs(dtype, ids, shown):
+    # One reduction finds the bad id: read as unsigned, a negative id is larger
+    # than any bound. Eager calls and graphs name the same one.
+    def check(x):
+        return _checks.validate_ids(x, VOCAB, "raise", "layer", "input_dim")[0]
+
+    for run in (check, tf.function(check)):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError, match=f"received id {shown},"
+        ):
+            run(tf.constant(ids, dtype))
