@@ -42,23 +42,23 @@ import tensorflow as tf
 FORMS = ("single", "padded", "ragged", "multi_hot")
 
 # Crossovers V*(k) (matmul is as fast as gather at this vocabulary size) for
-# float32 on CPU: the geometric mean of two runs of `python -m
-# keras_lookup.bench --calibrate --rounds 15` (forward + backward, D=64, 256
+# float32 on CPU: per crossover, the median (in log V) of six runs of `python
+# -m keras_lookup.bench --calibrate --rounds 21` (forward + backward, D=64, 256
 # rows of bags, 4,096 single ids, fastest calls of interleaved rounds) on a
 # shared 2-core x86_64 CPU, TensorFlow 2.21, 2026-11-30, after the id check
-# became one Assert op (0.03 ms off every gather). The two runs gave padded
-# 266/473 and 319/364 at 8/64 ids, ragged 50/598/771 and 37/429/834, multi-hot
-# 156/912/3,120 and 287/734/3,614 at 1/8/64: single scans move by up to 30%
-# with the machine's load. Single ids and dense bags of one id never took
-# matmul (V* = 1: matmul 0.46 against 0.43 ms at V = 2). Dense multi-hot rows
-# take matmul to far larger V than ragged bags: their gather must first find
-# the nonzeros (matmul 0.57 ms at V = 512 against 0.39 / 0.62 / 1.13 ms for
-# the gather with 1 / 8 / 64 ids per row).
+# became one reduction. The six files are in
+# `benchmarks/results/calibration/` (a test recomputes these medians from
+# them). Single scans move by up to 1.9x with the machine's load (padded bags
+# of 8 ids: 186-266; multi-hot rows of 1: 162-309), hence six runs and the
+# median. Single ids and dense bags of one id never take matmul (V* = 1:
+# matmul wins at most at V = 2 or 4, in some runs). Dense multi-hot rows take
+# matmul to far larger V than ragged bags: their gather must first find the
+# nonzeros, a pass over all rows * V entries.
 CPU_DEFAULTS = {
     "single": {1: 1.0},
-    "padded": {1: 1.0, 8: 291.0, 64: 415.0},
-    "ragged": {1: 43.0, 8: 507.0, 64: 802.0},
-    "multi_hot": {1: 211.0, 8: 818.0, 64: 3358.0},
+    "padded": {1: 1.0, 8: 230.0, 64: 355.0},
+    "ragged": {1: 58.0, 8: 351.0, 64: 801.0},
+    "multi_hot": {1: 175.0, 8: 974.0, 64: 3798.0},
 }
 CPU_DEFAULTS_SOURCE = "shipped CPU defaults (2-core x86_64, TensorFlow 2.21)"
 

@@ -220,3 +220,21 @@ def test_calibrate_writes_a_file_that_layers_read():
 def test_calibrate_without_bag_sizes_is_refused():
     with pytest.raises(ValueError, match="`ids_per_row` must list"):
         keras_lookup.calibrate(ids_per_row=(), save=False)
+
+
+def test_shipped_cpu_defaults_are_the_median_of_the_shipped_runs():
+    # CPU_DEFAULTS cite their measurements: each crossover is the median (in
+    # log V) of the calibration runs in benchmarks/results/calibration/.
+    folder = os.path.join(
+        os.path.dirname(__file__), "..", "benchmarks", "results", "calibration"
+    )
+    runs = []
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name)) as f:
+            runs.append(json.load(f)["crossover"])
+    assert len(runs) == 6
+    for form, crossovers in _cost_model.CPU_DEFAULTS.items():
+        for k, shipped in crossovers.items():
+            logs = sorted(math.log(run[form][str(k)]) for run in runs)
+            median = math.exp((logs[2] + logs[3]) / 2)
+            assert shipped == max(1.0, round(median)), (form, k, median)
