@@ -17,7 +17,7 @@ Writes `benchmarks/results/noise_floor.md`.
 
 Usage:
 
-    python benchmarks/noise_floor.py                # 5 copies, 5 repeats, 21 rounds
+    python benchmarks/noise_floor.py                # 5 copies, 20 repeats, 21 rounds
     python benchmarks/noise_floor.py --rounds 41
 """
 
@@ -66,7 +66,7 @@ def measure(form, k, vocab, copies, repeats, settings):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--copies", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=_timing.Settings.rounds)
     parser.add_argument("--out", default=os.path.join(RESULTS, "noise_floor.md"))
     args = parser.parse_args(argv)
