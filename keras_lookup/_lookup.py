@@ -73,6 +73,10 @@ class TableReader:
             out = out + factor * low_rank
         return out
 
+    def times_transpose(self, x):
+        """`x @ table^T` for a `(n, dim)` matrix `x`."""
+        return tf.matmul(tf.cast(x, self.dtype), self.whole(), transpose_b=True)
+
     def whole(self):
         """The whole float table, e.g. for a tied output projection."""
         if self._lora is None and (self._dequantize is None or self._half):
@@ -312,11 +316,43 @@ def bag_sums(table, bags, strategy):
         # shape runs ~2x slower on CPU (forward + backward, oneDNN).
         counts.set_shape([None, table.vocab_size])
         return table.matmul(counts)
+    if bags.dense is not None and bags.dense.dtype.is_floating:
+        return _gathered_matrix_sums(table, bags)
+    return _gathered_sums(table, bags)
+
+
+def _gathered_sums(table, bags):
     ids, weights, row, per_row, sorted_rows = bags.entries()
     vectors = table.gather(ids)
     if weights is not None:
         vectors = vectors * tf.cast(weights, table.dtype)[:, None]
     return bags.row_sums(vectors, row, per_row, sorted_rows)
+
+
+def _gathered_matrix_sums(table, bags):
+    """The gather's `matrix @ table` for a dense multi-hot matrix, with the
+    matrix's gradient of that product.
+
+    The gather reads only the nonzero entries, so autodiff alone would give
+    the matrix a gradient there only; the gradient of `matrix @ table` is
+    `upstream @ table^T` at every entry, what matmul and `keras.layers.Dense`
+    give. In a graph it costs nothing unless something upstream of the
+    matrix trains (the graph prunes it otherwise); an eager step computes it.
+    """
+    matrix = bags.dense
+    frozen = Bags(
+        None, None, bags.nrows, bags.outer_shape, dense=tf.stop_gradient(matrix)
+    )
+    sums = _gathered_sums(table, frozen)
+
+    @tf.custom_gradient
+    def with_matrix_gradient(sums, matrix):
+        def grad(upstream):
+            return upstream, tf.cast(table.times_transpose(upstream), matrix.dtype)
+
+        return tf.identity(sums), grad
+
+    return with_matrix_gradient(sums, matrix)
 
 
 def combine(table, sums, bags, combiner):

@@ -277,6 +277,15 @@ class ShardedTableReader:
     def matmul(self, x):
         raise not_shardable(self._layer_name, 'strategy="matmul"', "gather")
 
+    def times_transpose(self, x):
+        # `x @ table^T`, one block of columns per part: what a dense
+        # multi-hot input's gradient needs, computed only if it is used.
+        x = tf.cast(x, tf.float32)
+        blocks = [
+            tf.matmul(x, tf.cast(p, tf.float32), transpose_b=True) for p in self._parts
+        ]
+        return tf.concat(blocks, axis=1)
+
     def whole(self):
         raise not_shardable(
             self._layer_name,

@@ -1,5 +1,6 @@
 """Lookup and multiplication give the same numbers: `one_hot(ids) @ W == W[ids]`."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -120,3 +121,39 @@ def test_strategies_agree_on_ragged_and_sparse_ids(form):
     )
     for out in outs:
         np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
+@pytest.mark.parametrize("strategy", ["gather", "matmul", "auto"])
+def test_multi_hot_input_gets_the_gradient_of_a_matmul(strategy, combiner):
+    # A dense multi-hot matrix may come from a trainable layer. Its gradient
+    # is that of `matrix @ table` at every entry, zeros included, as with
+    # keras.layers.Dense; the gather used to give the nonzero entries only.
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(6, 3)).astype("float32")
+    counts = np.array([[0, 2, 0, 1, 0, 0], [1, 0, 0, 0, 0, 3]], "float32")
+    layer = _built(
+        keras_lookup.DimensionReducer(
+            6, 3, strategy=strategy, input_format="multi_hot", combiner=combiner
+        ),
+        (None, 6),
+    )
+    layer.set_weights([table])
+    dense = _built(keras.layers.Dense(3, use_bias=False), (None, 6))
+    dense.set_weights([table])
+    reference = {
+        "sum": lambda x: dense(x),
+        "mean": lambda x: dense(x) / tf.reduce_sum(x, 1, keepdims=True),
+        "sqrtn": lambda x: dense(x) / tf.norm(x, axis=1, keepdims=True),
+    }[combiner]
+    grads = []
+    for forward in (layer, reference):
+        for run in (forward, tf.function(forward)):
+            x = tf.constant(counts)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(run(x) ** 2)
+            grads.append(tape.gradient(loss, x))
+    for grad in grads[1:]:
+        np.testing.assert_allclose(grad, grads[0], rtol=1e-5, atol=1e-5)
+    assert np.all(grads[0].numpy()[counts == 0] != 0)

@@ -358,3 +358,33 @@ def test_parts_are_filled_with_the_rows_of_the_whole_table(monkeypatch):
             _sharded.fill_rows(part, initializer, shape, start, tf.float32, seeds)
             rows.append(part.numpy())
         np.testing.assert_array_equal(np.concatenate(rows), whole, err_msg=initializer)
+
+
+def test_a_sharded_table_gives_a_multi_hot_input_its_full_gradient():
+    # The gather's custom gradient for a dense multi-hot matrix needs
+    # `upstream @ table^T`; a sharded table builds it one block of columns
+    # per part (in a graph, only when that gradient is used).
+    import tensorflow as tf
+
+    from keras_lookup import _lookup, _sharded
+
+    rng = np.random.default_rng(0)
+    whole = rng.normal(size=(11, 4)).astype("float32")
+    parts = [tf.Variable(whole[:6]), tf.Variable(whole[6:])]
+    reader = _sharded.ShardedTableReader(parts, 11, 4, "layer")
+    upstream = rng.normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(
+        reader.times_transpose(upstream), upstream @ whole.T, rtol=1e-5, atol=1e-6
+    )
+    counts = tf.constant(rng.integers(0, 2, (3, 11)), tf.float32)
+    bags = _lookup.Bags(None, None, 3, [3], dense=counts)
+    with tf.GradientTape() as tape:
+        tape.watch(counts)
+        sums = _lookup.bag_sums(reader, bags, "gather")
+    np.testing.assert_allclose(sums, counts.numpy() @ whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        tape.gradient(sums, counts, output_gradients=tf.constant(upstream)),
+        upstream @ whole.T,
+        rtol=1e-5,
+        atol=1e-5,
+    )
