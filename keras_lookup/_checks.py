@@ -181,11 +181,12 @@ def validate_ids(ids, vocab_size, invalid_ids, layer_name, arg_name):
 
 
 def _comparable(ids, vocab_size):
-    """Integer ids in a dtype that holds both them and the bound.
+    """Integer ids in a dtype that holds both them and the bound, exactly.
 
-    int32 ids stay as they are while the vocabulary fits int32; all others
-    become int64 (unsigned ids too: a huge unsigned id must not wrap into the
-    valid range, and a bound beyond int32 would overflow and refuse every id).
+    int32 ids stay as they are while the vocabulary fits int32 (a bound beyond
+    int32 would overflow and refuse every id), int64 ids stay int64, unsigned
+    ids become uint64 (a huge one must not wrap into the valid range), and
+    int8/int16 ids become int64.
     """
     dtype = tf.as_dtype(ids.dtype)
     if dtype.is_unsigned:
