@@ -207,7 +207,9 @@ def same_graph_line(results):
     worst, ratio = max(pairs, key=lambda pair: pair[1])
     within = sum(r <= 1.1 for _, r in pairs)
     how = worst["auto_picked"]
-    if "per batch" in (worst["auto_reason"] or ""):
+    # A dense bag's reason also says how ragged bags would be decided; only a
+    # reason that starts so was decided per batch.
+    if (worst["auto_reason"] or "").startswith("per batch"):
         how += ", decided per batch"
     return (
         f"Auto against our column of the strategy it ran (the same graph where "

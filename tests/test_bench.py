@@ -125,3 +125,26 @@ BLIP = 4 * 2 ** (-math.log(0.9) / (math.log(4) - math.log(0.9)))
 def test_crossover_from_times(matmul, expected):
     got = bench.crossover_from_times([1, 2, 4, 8], [1.0] * 4, matmul)
     assert got == pytest.approx(expected)
+
+
+def test_the_same_graph_line_says_per_batch_only_where_auto_decided_so():
+    def point(form, reason):
+        return {
+            "form": form,
+            "ids_per_row": 8,
+            "vocab": 256,
+            "min_ms": {"gather": 1.0, "auto": 1.2},
+            "auto_picked": "gather",
+            "auto_reason": reason,
+        }
+
+    static = point(
+        "padded",
+        "gather: dense bags of 8 ids per row ... Ragged or sparse bags are "
+        "decided per batch: per batch: at vocab_size=256 ...",
+    )
+    line = bench.same_graph_line([static])
+    assert "within 10% at 0 of 1 points, worst 1.200" in line
+    assert line.endswith("(gather).")
+    per_batch = point("ragged", "per batch: at vocab_size=256 a batch of bags ...")
+    assert bench.same_graph_line([per_batch]).endswith("(gather, decided per batch).")
