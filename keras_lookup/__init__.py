@@ -15,7 +15,7 @@ if keras.backend.backend() != "tensorflow":
         "`export KERAS_BACKEND=tensorflow`)."
     )
 
-from keras_lookup import optimizers  # noqa: E402
+from keras_lookup import distribute, optimizers  # noqa: E402
 from keras_lookup.calibration import calibrate  # noqa: E402
 from keras_lookup.dense import Dense  # noqa: E402
 from keras_lookup.dimension_reducer import DimensionReducer  # noqa: E402
@@ -27,6 +27,7 @@ __all__ = [
     "calibrate",
     "Dense",
     "DimensionReducer",
+    "distribute",
     "Embedding",
     "load_state",
     "optimizers",

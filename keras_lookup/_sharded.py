@@ -318,3 +318,50 @@ def mark_slot(optimizer, reference, slot, name):
     )
     slot._keras_lookup_part = Part(parts, part.index, part.start, shape, slot_name)
     return slot
+
+
+def adopt_optimizer(optimizer):
+    """Makes a Keras optimizer checkpoint its slots of table parts logically.
+
+    keras_lookup's optimizers mark each slot they make for a part of a sharded
+    table (`mark_slot`) and save the slots of one table as one logical slot,
+    which restores into any number of parts. Keras's own optimizers make the
+    same slots (named `{part path}_{slot name}`, on the part's ps task) but
+    save them part by part; this marks them by name and gives this optimizer
+    (not its class) the logical checkpoint children. Raises if a slot of a
+    part cannot be told apart.
+    """
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:  # LossScaleOptimizer: the slots are the inner one's
+        adopt_optimizer(inner)
+    parts = [v for v in getattr(optimizer, "_trainable_variables", []) if part_of(v)]
+    if not parts or optimizer.__dict__.get("_keras_lookup_adopted"):
+        return
+    slots = [v for v in optimizer.variables if not v.trainable]
+    for part in parts:
+        prefix = part.path.replace("/", "_") + "_"
+        for slot in slots:
+            if part_of(slot) is not None or not slot.name.startswith(prefix):
+                continue
+            if not slot.shape or int(slot.shape[0]) != int(part.shape[0]):
+                raise NotImplementedError(
+                    f"{type(optimizer).__name__} keeps a slot "
+                    f"{slot.path!r} of shape {tuple(slot.shape)} for the part "
+                    f"{part.path!r} of a sharded table ({tuple(part.shape)}), "
+                    "which cannot be saved as part of a logical slot. Use a "
+                    "keras_lookup optimizer (`keras_lookup.optimizers`), or "
+                    "restore its checkpoints into the same number of parts only."
+                )
+            mark_slot(optimizer, part, slot, slot.name[len(prefix) :])
+    if not any(c.__name__ == "_LazyMixin" for c in type(optimizer).__mro__):
+        original = optimizer._trackable_children
+
+        def _trackable_children(save_type="checkpoint", **kwargs):
+            children = original(save_type, **kwargs)
+            if save_type != "checkpoint":
+                return children
+            cache = optimizer.__dict__.setdefault("_keras_lookup_logical_lists", {})
+            return logical_children(children, cache)
+
+        optimizer.__dict__["_trackable_children"] = _trackable_children
+    optimizer.__dict__["_keras_lookup_adopted"] = True
