@@ -130,6 +130,8 @@ class Runner:
         return [np.asarray(v.numpy()) for v in self.model.metrics_variables]
 
     def set_metric_values(self, values):
+        # Under MultiWorkerMirroredStrategy, TensorFlow divides a summed
+        # metric's value among the workers' copies, so that they sum to it.
         for variable, value in zip(self.model.metrics_variables, values, strict=True):
             variable.assign(value)
 
@@ -403,14 +405,6 @@ class MultiWorkerRunner(Runner):
         # Read in cross-replica context: summed over the workers (a collective
         # every worker takes part in).
         return [np.asarray(v.numpy()) for v in self.model.metrics_variables]
-
-    def set_metric_values(self, values):
-        # A metric variable sums its workers' copies when read: the chief
-        # holds the restored value, the others start from zero.
-        for variable, value in zip(self.model.metrics_variables, values, strict=True):
-            if not self.is_chief and variable.aggregation == "sum":
-                value = np.zeros_like(value)
-            variable.assign(value)
 
 
 # -- helpers -----------------------------------------------------------------

@@ -140,9 +140,10 @@ class BackupAndRestore(keras.callbacks.Callback):
         position.epoch, position.batch = epoch, batch
         position.stream, position.steps = stream, steps
         if runner.is_chief:
-            keras.utils.io_utils.print_msg(
+            print(
                 f"BackupAndRestore: resumed from {latest} (epoch {epoch + 1}, "
-                f"batch {batch}, step {steps})."
+                f"batch {batch}, step {steps}).",
+                flush=True,
             )
         return position
 
