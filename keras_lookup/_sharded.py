@@ -35,7 +35,7 @@ from tensorflow.python.distribute import parameter_server_strategy_v2, sharded_v
 from tensorflow.python.ops import resource_variable_ops
 from tensorflow.python.trackable import data_structures
 
-from keras_lookup import _tables
+from keras_lookup import _lookup, _tables
 
 
 class Part:
@@ -82,9 +82,12 @@ def plan(shape, dtype):
     return out
 
 
-def build_table(layer, name, shape, initializer, regularizer, constraint):
-    """Adds the parts of a sharded `shape` table to `layer`; returns them."""
-    layout = plan(shape, layer.variable_dtype)
+def build_table(layer, name, shape, initializer, regularizer, constraint, dtype=None):
+    """Adds the parts of a sharded `shape` table to `layer`; returns them.
+
+    `dtype` (default: the layer's variable dtype) is the parts' dtype.
+    """
+    layout = plan(shape, dtype or layer.variable_dtype)
     _check_constraint(layer, constraint)
     seeds = {}  # one draw for the whole table, as unsharded
     parts = []
@@ -97,15 +100,91 @@ def build_table(layer, name, shape, initializer, regularizer, constraint):
                 shape=(stop - start,) + tuple(shape[1:]),
                 initializer=initializer,
                 name=f"{name}_part_{index}",
+                dtype=dtype,
                 regularizer=_RegularizerOnPart(regularizer) if regularizer else None,
                 constraint=_ConstraintOnPart(constraint) if constraint else None,
                 trainable=True,
             )
         parts.append(variable)
+    _logical_model_weights()
     logical_name = parts[0].name.rsplit("_part_", 1)[0]
     for index, (variable, (start, _, _)) in enumerate(zip(parts, layout, strict=True)):
         variable._keras_lookup_part = Part(parts, index, start, shape, logical_name)
     return parts
+
+
+def logical_values(variables):
+    """The values of `variables`, each sharded table's parts as one array.
+
+    A table's parts are listed where its first part is, so the list is what
+    the same layer or model built without a partitioner gives.
+    """
+    out = []
+    for variable in variables:
+        part = part_of(variable)
+        if part is None:
+            out.append(variable.numpy())
+        elif part.index == 0:
+            out.append(np.concatenate([p.numpy() for p in part.parts], axis=0))
+    return out
+
+
+def assign_logical(variables, values, owner):
+    """Assigns `logical_values`-style `values` to `variables` (of `owner`)."""
+    targets = [v for v in variables if part_of(v) is None or part_of(v).index == 0]
+    values = list(values)
+    if len(values) != len(targets):
+        raise ValueError(
+            f"{owner} expects {len(targets)} weights (each table split across "
+            f"parameter servers as one array). Received {len(values)}."
+        )
+    for variable, value in zip(targets, values, strict=True):
+        value = np.asarray(value)
+        part = part_of(variable)
+        shape = part.logical_shape if part else tuple(variable.shape)
+        if value.shape != tuple(shape):
+            name = part.logical_name if part else variable.path
+            raise ValueError(
+                f"{owner} expects an array of shape {tuple(shape)} for {name!r}. "
+                f"Received {value.shape}."
+            )
+        if part is None:
+            variable.assign(value)
+            continue
+        for piece in part.parts:
+            start = part_of(piece).start
+            piece.assign(value[start : start + int(piece.shape[0])])
+
+
+def _logical_model_weights():
+    """Makes `keras.Model.get_weights` / `set_weights` speak logical tables.
+
+    A model's `get_weights()` lists its variables, so a sharded table would
+    come out as its parts. Installed the first time a table is sharded (a
+    process that never shards keeps Keras's methods untouched); for models
+    without a sharded table the methods are Keras's own.
+    """
+    model_class = keras.Model
+    if getattr(model_class.get_weights, "_keras_lookup", False):
+        return
+    keras_get, keras_set = model_class.get_weights, model_class.set_weights
+
+    @functools.wraps(keras_get)
+    def get_weights(self):
+        weights = self.weights
+        if not any(part_of(v) for v in weights):
+            return keras_get(self)
+        return logical_values(weights)
+
+    @functools.wraps(keras_set)
+    def set_weights(self, weights):
+        variables = self.weights
+        if not any(part_of(v) for v in variables):
+            return keras_set(self, weights)
+        assign_logical(variables, weights, f"Model '{self.name}'")
+
+    get_weights._keras_lookup = set_weights._keras_lookup = True
+    model_class.get_weights, model_class.set_weights = get_weights, set_weights
 
 
 def logical_variable(parts, name):
@@ -174,19 +253,29 @@ def _create_part(next_creator, device, start, table_shape, seeds, **kwargs):
 
 
 def fill_rows(variable, initializer, shape, start, dtype, seeds):
-    """Writes rows `start:` of `initializer(shape, dtype)` into `variable`."""
+    """Writes rows `start:` of `initializer(shape, dtype)` into `variable`.
+
+    A half-precision table's `RoundedInitializer` draws each slice in float32
+    and rounds it to nearest, as the unsharded table is built.
+    """
     rows = int(variable.shape[0])
     stop = start + rows
     rest = tuple(shape[1:])
+    draw_dtype = dtype
+    if isinstance(initializer, _tables.RoundedInitializer):
+        initializer, draw_dtype = initializer.initializer, tf.float32
     constant = isinstance(initializer, _tables._CONSTANT) and not np.ndim(
         getattr(initializer, "value", 0)
     )
     if not (
-        constant or dtype == tf.float32 and isinstance(initializer, _tables._RANDOM)
+        constant
+        or draw_dtype == tf.float32
+        and isinstance(initializer, _tables._RANDOM)
     ):
         # Other initializers draw the whole table, on this part's ps task.
         return _tables._assign_graph(
-            variable, lambda: initializer(shape, dtype)[start:stop]
+            variable,
+            lambda: tf.cast(initializer(shape, draw_dtype)[start:stop], dtype),
         )
     _tables._assign_graph(
         variable, lambda: tf.raw_ops.Empty(shape=(rows,) + rest, dtype=dtype)
@@ -196,21 +285,21 @@ def fill_rows(variable, initializer, shape, start, dtype, seeds):
     for low in range(start, stop, step):
         high = min(low + step, stop)
         if constant:
-            values = initializer((high - low,) + rest, dtype)
+            values = initializer((high - low,) + rest, draw_dtype)
         else:
             # A draw starts on a group of four entries (one Philox counter).
             first = low
             while (first * row_size) % 4:
                 first -= 1
             with _tables._draw_rows(first, high, tuple(shape), seeds):
-                values = initializer(tuple(shape), dtype)
-            values = tf.convert_to_tensor(values, dtype)[low - first :]
+                values = initializer(tuple(shape), draw_dtype)
+            values = tf.convert_to_tensor(values, draw_dtype)[low - first :]
         tf.raw_ops.ResourceStridedSliceAssign(
             ref=variable.handle,
             begin=[low - start] + [0] * len(rest),
             end=[high - start] + list(rest),
             strides=[1] * (len(rest) + 1),
-            value=tf.convert_to_tensor(values, dtype),
+            value=tf.cast(tf.convert_to_tensor(values, draw_dtype), dtype),
         )
     if hasattr(tf.raw_ops, "DisableCopyOnRead"):
         tf.raw_ops.DisableCopyOnRead(resource=variable.handle)
@@ -265,14 +354,18 @@ class ShardedTableReader:
     def __init__(self, parts, vocab_size, dim, layer_name):
         self.vocab_size = vocab_size
         self.dim = dim
-        self.dtype = tf.as_dtype(parts[0].dtype)
+        # A half-precision table is read in float32, as `_lookup.TableReader`
+        # reads one, and its gradient stays float32.
+        self._half = tf.as_dtype(parts[0].dtype) in _lookup.HALF_DTYPES
+        self.dtype = tf.float32 if self._half else tf.as_dtype(parts[0].dtype)
         self._parts = parts
         self._layer_name = layer_name
 
     def gather(self, ids):
         # Each id reads its row on the ps task holding it ("div" split, as
         # the parts were made); the gradient is one IndexedSlices per part.
-        return tf.nn.embedding_lookup(self._parts, ids)
+        rows = tf.nn.embedding_lookup(self._parts, ids)
+        return _lookup._widen(rows) if self._half else rows
 
     def matmul(self, x):
         raise not_shardable(self._layer_name, 'strategy="matmul"', "gather")

@@ -216,8 +216,6 @@ with strategy.scope():
            lambda: keras_lookup.DimensionReducer(V, D, strategy="matmul").build())
     raises(NotImplementedError, [split, "LoRA"],
            lambda: keras_lookup.Embedding(V, D, lora_rank=2).build())
-    raises(NotImplementedError, [split, "table_dtype='bfloat16'", "float32"],
-           lambda: keras_lookup.Embedding(V, D, table_dtype="bfloat16").build())
     raises(ValueError, [split, "MaxNorm", "axis=1"],
            lambda: keras_lookup.Embedding(
                V, D, embeddings_constraint=keras.constraints.MaxNorm()).build())
