@@ -106,7 +106,7 @@ def build_table(layer, name, shape, initializer, regularizer, constraint, dtype=
                 trainable=True,
             )
         parts.append(variable)
-    _logical_model_weights()
+    _speak_logical_tables()
     logical_name = parts[0].name.rsplit("_part_", 1)[0]
     for index, (variable, (start, _, _)) in enumerate(zip(parts, layout, strict=True)):
         variable._keras_lookup_part = Part(parts, index, start, shape, logical_name)
@@ -156,14 +156,32 @@ def assign_logical(variables, values, owner):
             piece.assign(value[start : start + int(piece.shape[0])])
 
 
-def _logical_model_weights():
-    """Makes `keras.Model.get_weights` / `set_weights` speak logical tables.
+def _speak_logical_tables():
+    """Makes Keras's models and optimizers speak logical tables.
 
-    A model's `get_weights()` lists its variables, so a sharded table would
-    come out as its parts. Installed the first time a table is sharded (a
-    process that never shards keeps Keras's methods untouched); for models
-    without a sharded table the methods are Keras's own.
+    - `keras.Model.get_weights` / `set_weights`: a model lists its variables,
+      so a sharded table would come out as its parts; here it is one array.
+    - `keras.optimizers.Optimizer`'s checkpoint children: a Keras optimizer's
+      slots of a table's parts are saved as one logical slot each (as
+      keras_lookup's optimizers save theirs), which restores into any number
+      of parts or into one process.
+
+    Installed the first time a table is sharded (a process that never shards
+    keeps Keras's methods untouched); for models and optimizers without a
+    sharded table they do what Keras's own do.
     """
+    optimizer_class = keras.optimizers.Optimizer
+    keras_children = optimizer_class._trackable_children
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = keras_children(self, save_type, **kwargs)
+        variables = getattr(self, "_trainable_variables", [])
+        if save_type != "checkpoint" or not any(part_of(v) for v in variables):
+            return children
+        adopt_optimizer(self)
+        cache = self.__dict__.setdefault("_keras_lookup_logical_lists", {})
+        return logical_children(children, cache)
+
     model_class = keras.Model
     if getattr(model_class.get_weights, "_keras_lookup", False):
         return
@@ -185,6 +203,7 @@ def _logical_model_weights():
 
     get_weights._keras_lookup = set_weights._keras_lookup = True
     model_class.get_weights, model_class.set_weights = get_weights, set_weights
+    optimizer_class._trackable_children = _trackable_children
 
 
 def logical_variable(parts, name):
@@ -414,23 +433,22 @@ def mark_slot(optimizer, reference, slot, name):
 
 
 def adopt_optimizer(optimizer):
-    """Makes a Keras optimizer checkpoint its slots of table parts logically.
+    """Marks the slots a Keras optimizer made for table parts (`mark_slot`).
 
     keras_lookup's optimizers mark each slot they make for a part of a sharded
-    table (`mark_slot`) and save the slots of one table as one logical slot,
-    which restores into any number of parts. Keras's own optimizers make the
-    same slots (named `{part path}_{slot name}`, on the part's ps task) but
-    save them part by part; this marks them by name and gives this optimizer
-    (not its class) the logical checkpoint children. Raises if a slot of a
-    part cannot be told apart.
+    table. Keras's own optimizers make the same slots (named
+    `{part path}_{slot name}`, on the part's ps task) without marking them;
+    this marks them by name, so that they are saved as logical slots (which
+    restore into any number of parts) and listed logically by `save_state`.
+    Raises if a slot of a part does not have the part's rows.
     """
     inner = getattr(optimizer, "inner_optimizer", None)
     if inner is not None:  # LossScaleOptimizer: the slots are the inner one's
         adopt_optimizer(inner)
     parts = [v for v in getattr(optimizer, "_trainable_variables", []) if part_of(v)]
-    if not parts or optimizer.__dict__.get("_keras_lookup_adopted"):
+    if not parts or not optimizer.built:
         return
-    slots = [v for v in optimizer.variables if not v.trainable]
+    slots = [v for v in optimizer.variables if part_of(v) is None]
     for part in parts:
         prefix = part.path.replace("/", "_") + "_"
         for slot in slots:
@@ -438,23 +456,11 @@ def adopt_optimizer(optimizer):
                 continue
             if not slot.shape or int(slot.shape[0]) != int(part.shape[0]):
                 raise NotImplementedError(
-                    f"{type(optimizer).__name__} keeps a slot "
-                    f"{slot.path!r} of shape {tuple(slot.shape)} for the part "
-                    f"{part.path!r} of a sharded table ({tuple(part.shape)}), "
-                    "which cannot be saved as part of a logical slot. Use a "
-                    "keras_lookup optimizer (`keras_lookup.optimizers`), or "
-                    "restore its checkpoints into the same number of parts only."
+                    f"{type(optimizer).__name__} keeps a slot {slot.path!r} of "
+                    f"shape {tuple(slot.shape)} for the part {part.path!r} of a "
+                    f"sharded table ({tuple(part.shape)}): it cannot be saved as "
+                    "part of a logical slot, so its checkpoints restore only "
+                    "into the same number of parts. Use a keras_lookup "
+                    "optimizer (`keras_lookup.optimizers`) to restore into any."
                 )
             mark_slot(optimizer, part, slot, slot.name[len(prefix) :])
-    if not any(c.__name__ == "_LazyMixin" for c in type(optimizer).__mro__):
-        original = optimizer._trackable_children
-
-        def _trackable_children(save_type="checkpoint", **kwargs):
-            children = original(save_type, **kwargs)
-            if save_type != "checkpoint":
-                return children
-            cache = optimizer.__dict__.setdefault("_keras_lookup_logical_lists", {})
-            return logical_children(children, cache)
-
-        optimizer.__dict__["_trackable_children"] = _trackable_children
-    optimizer.__dict__["_keras_lookup_adopted"] = True

@@ -51,5 +51,7 @@ def strategy(num_workers=1, num_ps=2, parts=3, min_rows=10):
         resolver, variable_partitioner=partitioner
     )
     ps_strategy._test_servers = servers  # kept alive with the strategy
+    # Another strategy on the same cluster (another partitioner) needs it.
+    ps_strategy._test_resolver = resolver
     coordinator = tf.distribute.coordinator.ClusterCoordinator(ps_strategy)
     return ps_strategy, coordinator

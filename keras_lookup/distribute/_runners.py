@@ -31,8 +31,6 @@ from keras import tree
 from tensorflow.python.distribute import input_lib
 from tensorflow.python.distribute.coordinator import values as coordinator_values
 
-from keras_lookup import _sharded
-
 # Under ParameterServerStrategy the logs passed to batch-level callbacks are
 # read from the parameter servers at most this often (seconds): a read costs
 # a round trip, and the steps it reports may still be running.
@@ -87,10 +85,6 @@ class Runner:
             optimizer = model.optimizer
             if optimizer is not None and not optimizer.built:
                 optimizer.build(model.trainable_variables)
-        if optimizer is not None:
-            # Keras's own optimizers' slots of a sharded table's parts are
-            # checkpointed as logical slots, as keras_lookup's are.
-            _sharded.adopt_optimizer(optimizer)
 
     def stream(self, data, skip):
         """What `train` reads: the training data from batch `skip` on."""

@@ -6,8 +6,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_lookup import _sharded
-
 
 class BackupAndRestore(keras.callbacks.Callback):
     """Backs training up, and resumes a killed run at the batch it reached.
@@ -112,8 +110,6 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._checkpoint = tf.train.Checkpoint(
             position=self._saved_position, metrics=self._saved_metrics, **objects
         )
-        if model.optimizer is not None:
-            _sharded.adopt_optimizer(model.optimizer)
         self._manager = None
         if runner.is_chief:
             tf.io.gfile.makedirs(self.backup_dir)
