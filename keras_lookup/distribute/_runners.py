@@ -289,7 +289,7 @@ class MultiWorkerRunner(Runner):
     def __init__(self, model, strategy):
         super().__init__(model, strategy)
         self.is_chief = bool(strategy.extended.should_checkpoint)
-        self._train_function = None
+        self._train_function = self._test_function = None
 
     def _distribute(self, data, skip=0):
         if data.kind == "fn":
@@ -341,7 +341,17 @@ class MultiWorkerRunner(Runner):
         return self._train_function(data)
 
     def evaluate(self, data, steps, callbacks):
-        function = self._step_function(self.model.test_step)
+        # The metrics are read once, at the end: a step needs no all-reduce
+        # of its logs (its batch-level logs are empty).
+        if self._test_function is None:
+            strategy, model = self.strategy, self.model
+
+            @tf.function
+            def test(batch):
+                strategy.run(model.test_step, args=(batch,))
+
+            self._test_function = test
+        function = self._test_function
         self.reset_metrics()
         callbacks.on_test_begin()
         iterator = iter(self._distribute(data))
@@ -352,7 +362,8 @@ class MultiWorkerRunner(Runner):
                 data_batch = next(iterator)
             except StopIteration:
                 break
-            callbacks.on_test_batch_end(step, function(data_batch))
+            function(data_batch)
+            callbacks.on_test_batch_end(step, {})
             step += 1
         logs = self.results()
         callbacks.on_test_end(logs)

@@ -88,7 +88,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.backup_dir = os.fspath(backup_dir)
         self.save_freq = save_freq if save_freq == "epoch" else int(save_freq)
         self.delete_checkpoint = delete_checkpoint
-        self._runner = None
+        self._runner = self._position = None
 
     # -- called by `keras_lookup.distribute.fit` --------------------------------
 
