@@ -198,7 +198,8 @@ def dataset_fn_for(ids, y, train, steps, args, tf):
     """`dataset_fn(input_context)`: batch `s` of the run is step `s`'s rows.
 
     Worker `i` of `n` (`input_context.input_pipeline_id`) reads the steps
-    `i, i + n, ...`; one worker, or one process, reads them all, in order.
+    `i, i + n, ...` (and again from `i` if it runs ahead of the others); one
+    worker, or one process, reads them all, in order.
     """
     rows = np.stack(
         [batch_rows(train, s, args.batch_size, args.seed) for s in range(steps)]
@@ -210,9 +211,11 @@ def dataset_fn_for(ids, y, train, steps, args, tf):
 
     def dataset_fn(context):
         steps_rows = tf.data.Dataset.from_tensor_slices(local)
+        # The coordinator gives each step to whichever worker is free: with
+        # several, a faster one reads on into its shard's next pass.
         steps_rows = steps_rows.shard(
             context.num_input_pipelines, context.input_pipeline_id
-        )
+        ).repeat()
         return steps_rows.map(lambda r: (tf.gather(table_ids, r), tf.gather(labels, r)))
 
     return dataset_fn

@@ -64,3 +64,21 @@ def test_killed_coordinator_resumes_and_ends_as_one_process(tmp_path):
     assert summary["resumed_from"] == 20
     assert [s["rows"] for s in summary["shards"]] == [2**17, 2**17]
     assert {"coordinator", "ps 0", "ps 1", "worker 0"} <= set(summary["peak_rss_mib"])
+
+
+def test_without_tf_config_it_runs_a_small_local_cluster(monkeypatch, capsys):
+    # Tried as a new user would (no TF_CONFIG, no choice): a local cluster.
+    sys.path.insert(0, os.path.join(REPO, "examples"))
+    import parameter_server
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    started = []
+    monkeypatch.setattr(
+        parameter_server, "local_cluster", lambda args: started.append(args)
+    )
+    parameter_server.main(["--quick"])
+    (args,) = started
+    assert (args.workers, args.ps) == (2, 2)
+    assert "running a local cluster of 2 workers and 2 ps tasks" in (
+        capsys.readouterr().out
+    )

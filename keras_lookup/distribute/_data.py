@@ -99,7 +99,9 @@ class Data:
 
         A `dataset_fn` gets `context`; a dataset, built in this process, is
         sent to the workers as a graph, and each reads its own shard of the
-        batches (`context.input_pipeline_id` of `num_input_pipelines`).
+        batches (`context.input_pipeline_id` of `num_input_pipelines`),
+        repeated: the coordinator hands steps to whichever worker is free, so
+        a faster worker reads further into its shard.
         """
         if self.kind == "fn":
             return self.local(context, skip)
@@ -114,6 +116,7 @@ class Data:
             dataset = dataset.shard(
                 context.num_input_pipelines, context.input_pipeline_id
             )
+        dataset = dataset.repeat()
         return dataset.skip(skip) if skip else dataset
 
     @property

@@ -42,12 +42,29 @@ _COUNTER_SIZE = 4096
 
 
 def runner_for(model):
+    """The model's runner, kept between calls (its traced steps with it).
+
+    As `model.fit` keeps `model.train_function`: a new strategy, optimizer or
+    `compile` makes a new runner.
+    """
     strategy = model.distribute_strategy
+    key = (
+        strategy,
+        model.optimizer,
+        getattr(model, "_compile_loss", None),
+        getattr(model, "_compile_metrics", None),
+    )
+    cached = model.__dict__.get("_keras_lookup_runner")
+    if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
+        return cached[1]
     if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
-        return ParameterServerRunner(model, strategy)
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return MultiWorkerRunner(model, strategy)
-    return LocalRunner(model, strategy)
+        runner = ParameterServerRunner(model, strategy)
+    elif isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        runner = MultiWorkerRunner(model, strategy)
+    else:
+        runner = LocalRunner(model, strategy)
+    model.__dict__["_keras_lookup_runner"] = (key, runner)
+    return runner
 
 
 class Runner:
