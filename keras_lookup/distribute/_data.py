@@ -31,6 +31,7 @@ class Data:
         batch_size=None,
         shuffle=False,
         name="x",
+        drop_remainder=False,
     ):
         if isinstance(x, tf.distribute.DistributedDataset):
             raise ValueError(
@@ -65,7 +66,9 @@ class Data:
             self.kind, self._dataset, self._fn = "fn", None, x
         else:
             self.kind, self._fn = "dataset", None
-            self._dataset = _from_arrays(x, y, sample_weight, batch_size, shuffle)
+            self._dataset = _from_arrays(
+                x, y, sample_weight, batch_size, shuffle, drop_remainder
+            )
 
     @classmethod
     def from_validation(cls, validation_data, batch_size):
@@ -129,7 +132,7 @@ class Data:
         return count if count >= 0 else None
 
 
-def _from_arrays(x, y, sample_weight, batch_size, shuffle):
+def _from_arrays(x, y, sample_weight, batch_size, shuffle, drop_remainder):
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(
@@ -148,4 +151,4 @@ def _from_arrays(x, y, sample_weight, batch_size, shuffle):
         # same in every run of the same script.
         seed = int(np.random.randint(0, 2**31 - 1))
         dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(int(batch_size))
+    return dataset.batch(int(batch_size), drop_remainder=drop_remainder)

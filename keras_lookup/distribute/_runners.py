@@ -363,9 +363,19 @@ class MultiWorkerRunner(Runner):
         if self._test_function is None:
             strategy, model = self.strategy, self.model
 
+            def test_step(batch):
+                # The last global batch may leave a worker nothing: its loss
+                # would be the mean of nothing (NaN), so it adds nothing.
+                size = tf.shape(tree.flatten(batch)[0])[0]
+                tf.cond(
+                    size > 0,
+                    lambda: _done(model.test_step(batch)),
+                    lambda: tf.constant(True),
+                )
+
             @tf.function
             def test(batch):
-                strategy.run(model.test_step, args=(batch,))
+                strategy.run(test_step, args=(batch,))
 
             self._test_function = test
         function = self._test_function
@@ -500,6 +510,11 @@ def _unpack(layout, values):
         out[name] = float(values[start]) if size == 1 else values[start : start + size]
         start += size
     return out
+
+
+def _done(outputs):
+    del outputs
+    return tf.constant(True)
 
 
 def _concat(outputs):

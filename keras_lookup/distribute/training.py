@@ -95,7 +95,9 @@ def fit(
         y: Target arrays when `x` holds arrays; else `None`.
         batch_size: Integer. Examples per batch when `x` holds arrays
             (default 32); the global batch under
-            `MultiWorkerMirroredStrategy`.
+            `MultiWorkerMirroredStrategy`, where the last partial batch of
+            arrays is left out (each worker must get examples of every
+            training batch: batch datasets with `drop_remainder=True`).
         epochs: Integer. Epoch to stop at (as in `model.fit`, not a count).
         verbose: `"auto"`, 0, 1 or 2, as in `model.fit`.
         callbacks: List of `keras.callbacks.Callback`.
@@ -161,7 +163,16 @@ def fit(
             f"steps_per_epoch={steps_per_epoch}"
         )
     runner = _runners.runner_for(model)
-    data = Data(x, y, sample_weight, batch_size, shuffle)
+    # Every worker of MultiWorkerMirroredStrategy needs examples in every
+    # global batch: arrays' last partial batch is left out.
+    data = Data(
+        x,
+        y,
+        sample_weight,
+        batch_size,
+        shuffle,
+        drop_remainder=isinstance(runner, _runners.MultiWorkerRunner),
+    )
     validation = None
     if validation_data is not None:
         validation = Data.from_validation(
