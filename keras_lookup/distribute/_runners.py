@@ -247,8 +247,11 @@ class ParameterServerRunner(Runner):
     def batch_logs(self, logs):
         now = time.monotonic()
         if now - self._logs_read >= PS_LOG_INTERVAL:
-            # Read without waiting: the steps still running are not in it yet.
-            self._logs = _python(self.model.get_metrics_result())
+            # Read without waiting: the steps still running are not in it yet
+            # (and before the first step is done, there is nothing to show).
+            logs = _python(self.model.get_metrics_result())
+            if any(np.any(np.asarray(v) != 0) for v in logs.values()):
+                self._logs = logs
             self._logs_read = now
         return dict(self._logs)
 
