@@ -461,7 +461,7 @@ history = keras_lookup.distribute.fit(
     model, dataset_fn, epochs=3, steps_per_epoch=10, validation_data=val_fn,
     callbacks=callbacks, verbose=0,
 )
-np.savez(f"{folder}/{name}.npz", *model.get_weights())
+keras_lookup.save_state(model, f"{folder}/{name}")  # slots too, logically
 parts = len(model.get_layer("embedding").table_parts)
 values = dict(history=history.history, parts=parts)
 if name == "uninterrupted":
@@ -505,11 +505,14 @@ report(**values)
         np.testing.assert_allclose(
             again["history"][key], values, rtol=1e-6, err_msg=key
         )
-    weights = []
-    for name in ("uninterrupted", "resumed"):
-        with np.load(tmp_path / f"{name}.npz") as f:
-            weights.append([f[f"arr_{i}"] for i in range(len(f.files))])
-    assert max_diff(*weights) <= 1e-6
+    files = sorted(p.name for p in (tmp_path / "resumed").glob("*.npy"))
+    # Table, kernel, bias; iterations, learning rate, two slots for each.
+    assert len(files) == 11
+    states = [
+        [np.load(tmp_path / name / f) for f in files]
+        for name in ("uninterrupted", "resumed")
+    ]
+    assert max_diff(*states) <= 1e-6
     assert not (tmp_path / "backup").exists()
 
 
@@ -531,11 +534,21 @@ mine = f"{folder}/worker-{index}"
 os.makedirs(mine, exist_ok=True)
 model = build(keras_lookup.optimizers.LazySGD(0.5), strategy=strategy)
 global_batches = tf.data.Dataset.from_tensor_slices((X, Y)).batch(B)
+
+
+class StopOnWorkerOne(keras.callbacks.Callback):
+    # A stop asked on one worker only stops them all, at the epoch's end.
+    def on_epoch_end(self, epoch, logs=None):
+        if index == 1 and epoch == 1:
+            self.model.stop_training = True
+
+
 history = keras_lookup.distribute.fit(
-    model, global_batches, epochs=2, validation_data=(XV, YV), validation_batch_size=B,
+    model, global_batches, epochs=3, validation_data=(XV, YV), validation_batch_size=B,
     verbose=1, callbacks=[
         keras.callbacks.CSVLogger(mine + "/log.csv"),
         keras.callbacks.ModelCheckpoint(mine + "/model.keras"),
+        StopOnWorkerOne(),
     ],
 )
 np.savez(mine + "/weights.npz", *model.get_weights())
@@ -547,6 +560,7 @@ os._exit(0)  # the collective runtime's shutdown takes seconds
     outputs = run_workers(code, 2, tmp_path)
     histories = [reports(out)[0]["history"] for out in outputs]
     assert histories[0] == histories[1]
+    assert len(histories[0]["loss"]) == 2  # of 3 epochs: stopped on worker 1
     weights = []
     for index in (0, 1):
         with np.load(tmp_path / f"worker-{index}" / "weights.npz") as f:

@@ -60,6 +60,7 @@ class Data:
             )
         self.name = name
         self._serialized = None
+        self._default = None  # `local()`, built once
         if isinstance(x, tf.data.Dataset):
             self.kind, self._dataset, self._fn = "dataset", x, None
         elif callable(x):
@@ -86,8 +87,12 @@ class Data:
 
     def local(self, context=None, skip=0):
         """The dataset that one process reads (`context` for a `dataset_fn`)."""
-        if self.kind == "fn":
-            dataset = self._fn(context or tf.distribute.InputContext())
+        if context is None and self.kind == "fn":
+            if self._default is None:
+                self._default = self.local(tf.distribute.InputContext())
+            dataset = self._default
+        elif self.kind == "fn":
+            dataset = self._fn(context)
             if not isinstance(dataset, tf.data.Dataset):
                 raise ValueError(
                     f"`{self.name}` must return a `tf.data.Dataset`. It "
