@@ -204,19 +204,31 @@ def dataset_fn_for(ids, y, train, steps, args, tf):
     rows = np.stack(
         [batch_rows(train, s, args.batch_size, args.seed) for s in range(steps)]
     )
-    # Only the training rows travel to the workers, with the data function.
+    # The rows travel to every task with the data function, which holds a few
+    # copies of them: only the training rows used, their ids without the
+    # padding, in int32 (the buckets fit).
     used = np.unique(rows)
     local = np.searchsorted(used, rows).astype("int32")
-    table_ids, labels = ids[used], y[used]
+    kept = ids[used]
+    lengths = (kept != 0).sum(axis=1)  # padding (0) only at the ends
+    flat = kept[kept != 0].astype("int32")
+    splits = np.concatenate([[0], np.cumsum(lengths)]).astype("int64")
+    labels = y[used]
 
     def dataset_fn(context):
+        table = tf.RaggedTensor.from_row_splits(flat, splits)
         steps_rows = tf.data.Dataset.from_tensor_slices(local)
         # The coordinator gives each step to whichever worker is free: with
         # several, a faster one reads on into its shard's next pass.
         steps_rows = steps_rows.shard(
             context.num_input_pipelines, context.input_pipeline_id
         ).repeat()
-        return steps_rows.map(lambda r: (tf.gather(table_ids, r), tf.gather(labels, r)))
+
+        def batch(r):
+            bags = tf.gather(table, r).to_tensor(shape=[None, args.max_ids])
+            return tf.cast(bags, tf.int64), tf.gather(labels, r)
+
+        return steps_rows.map(batch)
 
     return dataset_fn
 
