@@ -22,7 +22,16 @@ or into an unsharded layer.
 
 A part, and each optimizer slot made from it, carries a `Part` as
 `_keras_lookup_part`, which `keras_lookup.save_state` / `load_state` use to
-write and read the logical table.
+write and read the logical table. A bfloat16 or float16 table
+(`table_dtype`) is split the same way, each part drawn in float32 and rounded
+as the unsharded table is, and read in float32.
+
+The first time a table is sharded, two of Keras's methods are wrapped (for
+models and optimizers without a sharded table they stay Keras's own):
+`keras.Model.get_weights` / `set_weights`, so that a model lists each table
+once, logically, as its layer does; and `keras.optimizers.Optimizer`'s
+checkpoint children, so that Keras's own optimizers, whose slots of a part
+are found by name (`adopt_optimizer`), save them as logical slots too.
 """
 
 import functools

@@ -363,6 +363,40 @@ report(history=history.history, backup_left=os.path.exists(folder + "/backup"))
         )
 
 
+def test_mirrored_strategy_on_one_machine_is_model_fit():
+    # Two logical CPUs: configured before TensorFlow starts, so in a child.
+    code = (
+        """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+"""
+        + SETUP
+        + """
+mirrored = lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+data = tf.data.Dataset.from_tensor_slices((X, Y)).batch(B)
+reference = build(strategy=mirrored())
+expected = reference.fit(data, epochs=2, validation_data=data, verbose=0)
+model = build(strategy=mirrored())
+history = keras_lookup.distribute.fit(
+    model, data, epochs=2, validation_data=data, verbose=0
+)
+report(
+    same_history=history.history == expected.history,
+    diff=max(
+        float(np.max(np.abs(a - b)))
+        for a, b in zip(model.get_weights(), reference.get_weights())
+    ),
+)
+"""
+    )
+    (r,) = reports(run_child(code))
+    assert r["same_history"]
+    assert r["diff"] <= 1e-6
+
+
 # -- ParameterServerStrategy -----------------------------------------------------
 
 

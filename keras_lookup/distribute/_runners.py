@@ -50,7 +50,7 @@ def runner_for(model):
     strategy = model.distribute_strategy
     key = (
         strategy,
-        model.optimizer,
+        getattr(model, "optimizer", None),
         getattr(model, "_compile_loss", None),
         getattr(model, "_compile_metrics", None),
     )
@@ -99,7 +99,7 @@ class Runner:
                     "keras_lookup.distribute needs Keras's `_symbolic_build` "
                     f"(Keras 3.12 to 3.15); this Keras has none ({error})."
                 ) from error
-            optimizer = model.optimizer
+            optimizer = getattr(model, "optimizer", None)
             if optimizer is not None and not optimizer.built:
                 optimizer.build(model.trainable_variables)
 
@@ -481,7 +481,7 @@ def per_worker_iterator(coordinator, data, skip):
 
 def _state_variables(model):
     variables = list(model.variables)
-    optimizer = model.optimizer
+    optimizer = getattr(model, "optimizer", None)
     if optimizer is not None:
         seen = {id(v) for v in variables}
         variables += [v for v in optimizer.variables if id(v) not in seen]
