@@ -14,6 +14,7 @@ import sys
 
 import pytest
 from helpers import run_python, skip_if_written_by_newer_keras
+from tf_warnings import tf_warnings
 
 import keras_lookup
 from keras_lookup import optimizers
@@ -57,6 +58,57 @@ def test_code_block_runs(name, code, monkeypatch):
         return
     monkeypatch.chdir(ROOT)
     exec(compile(code, name, "exec"), {"__name__": "__docs__"})
+
+
+def _first_blocks():
+    """The README's example and the first ```python block of every page."""
+    for page in PAGES:
+        found = BLOCK.findall(page.read_text())
+        if found:
+            yield page.relative_to(ROOT).as_posix(), found[0]
+
+
+def _run_printing_warnings(blocks, folder):
+    """Runs `blocks` in one new process, as a user would run them saved as
+    scripts (TensorFlow's full log, Python's default warning filters);
+    returns its stderr, each block's part after a `### <page>` line."""
+    lines = ["import runpy, sys"]
+    for index, (name, code) in enumerate(blocks):
+        # A file, not a string: AutoGraph reads a function's source.
+        script = folder / f"block{index}.py"
+        script.write_text(code)
+        lines.append(f"print('### {name}', file=sys.stderr, flush=True)")
+        lines.append(f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHONWARN")}
+    env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="0")
+    result = subprocess.run(
+        [sys.executable, "-c", "\n".join(lines)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    return result.stderr
+
+
+def test_first_blocks_print_no_tensorflow_warning(tmp_path):
+    # A model with five tables or slots of 2**20 entries or more made
+    # TensorFlow warn of tf.function retracing (the README's example did).
+    blocks = list(_first_blocks())
+    # TensorFlow joins a process to one cluster only: such a block runs in a
+    # process of its own.
+    groups = [[b for b in blocks if "tf.distribute.Server(" not in b[1]]]
+    groups += [[b] for b in blocks if "tf.distribute.Server(" in b[1]]
+    found = []
+    for group in groups:
+        page = "?"
+        for line in _run_printing_warnings(group, tmp_path).splitlines():
+            if line.startswith("### "):
+                page = line[4:]
+            found += [f"{page}: {w}" for w in tf_warnings(line)]
+    assert not found, "\n".join(found)
 
 
 def test_reference_lists_every_public_name():
