@@ -111,6 +111,39 @@ def test_first_blocks_print_no_tensorflow_warning(tmp_path):
     assert not found, "\n".join(found)
 
 
+def test_pages_name_the_declared_floors_and_extras():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = dict(
+        re.fullmatch(r"(tensorflow|keras)>=([0-9.]+)", r).groups()
+        for r in project["dependencies"]
+        if re.fullmatch(r"(tensorflow|keras)>=([0-9.]+)", r)
+    )
+    for page in (README, DOCS / "guides" / "getting_started.md"):
+        text = page.read_text()
+        for name, floor in floors.items():
+            label = {"tensorflow": "TensorFlow", "keras": "Keras"}[name]
+            assert f"{label} ≥ {floor}" in text, f"{page.name} lacks {label} ≥ {floor}"
+    guide = (DOCS / "guides" / "getting_started.md").read_text()
+    for extra, requirements in project["optional-dependencies"].items():
+        row = next(
+            line for line in guide.splitlines() if line.startswith(f"| `{extra}`")
+        )
+        for requirement in requirements:
+            name = re.match(r"[\w-]+", requirement)[0]
+            if name != "keras_lookup":
+                assert f"`{name}`" in row, (
+                    f"getting_started: `{extra}` row lacks {name}"
+                )
+
+
+def test_lookup_guide_is_short():
+    text = (DOCS / "guides" / "lookup_vs_matmul.md").read_text()
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    assert len(prose.split()) <= 1200, f"{len(prose.split())} words of prose"
+
+
 def test_reference_lists_every_public_name():
     reference = "\n".join(p.read_text() for p in sorted((DOCS / "api").glob("*.md")))
     names = [f"keras_lookup.{n}" for n in keras_lookup.__all__ if n != "optimizers"]
@@ -120,17 +153,21 @@ def test_reference_lists_every_public_name():
     assert not missing, f"docs/api/*.md has no `::: NAME` entry for {missing}"
 
 
-@pytest.mark.skipif(
-    not all(
-        importlib.util.find_spec(m) for m in ("mkdocs", "material", "mkdocstrings")
-    ),
-    reason="mkdocs, mkdocs-material or mkdocstrings is not installed "
-    '(pip install -e ".[docs]")',
+HAS_MKDOCS = all(
+    importlib.util.find_spec(m) for m in ("mkdocs", "material", "mkdocstrings")
 )
-def test_mkdocs_build_strict(tmp_path):
+NO_MKDOCS = (
+    "mkdocs, mkdocs-material or mkdocstrings is not installed "
+    '(pip install -e ".[docs]")'
+)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("site")
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(folder)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -138,6 +175,35 @@ def test_mkdocs_build_strict(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return folder
+
+
+@pytest.mark.skipif(not HAS_MKDOCS, reason=NO_MKDOCS)
+def test_mkdocs_build_strict(site):
     for page in ("index.html", "api/layers/index.html", "changelog/index.html"):
-        assert (tmp_path / page).exists(), page
-    assert (tmp_path / "results" / "train_step.png").exists()
+        assert (site / page).exists(), page
+    assert (site / "results" / "train_step.png").exists()
+    # Tables of results are the results files, included at build time.
+    html = (site / "guides" / "large_tables" / "index.html").read_text()
+    assert "results-table:" not in html and "<table>" in html
+
+
+def _chromium():
+    sys.path.insert(0, str(DOCS))
+    try:
+        import check_render
+    finally:
+        sys.path.remove(str(DOCS))
+    return check_render, check_render.find_chromium()
+
+
+@pytest.mark.skipif(not HAS_MKDOCS, reason=NO_MKDOCS)
+@pytest.mark.skipif(
+    _chromium()[1] is None,
+    reason="Chromium is not installed (apt-get install chromium): "
+    "docs/check_render.py renders the site in it",
+)
+def test_site_renders_in_chromium(site):
+    check_render, chromium = _chromium()
+    failures, _ = check_render.check(site, chromium)
+    assert not failures, "\n".join(failures)
