@@ -13,6 +13,7 @@
 """
 
 import pathlib
+import posixpath
 import re
 
 from mkdocs.exceptions import PluginError
@@ -59,5 +60,26 @@ def results_table(name, index=1):
     return found[index - 1]
 
 
+LINK = re.compile(r"\]\((?![a-z]+:|#|/)([^)\s]+)\)")
+
+
+def relinked(table, name, page_uri):
+    """`table` from results/`name`, its relative links made relative to the
+    page that includes it."""
+    folder = posixpath.dirname("results/" + name)
+    here = posixpath.dirname(page_uri)
+
+    def move(match):
+        target = posixpath.normpath(posixpath.join(folder, match[1]))
+        return f"]({posixpath.relpath(target, here or '.')})"
+
+    return LINK.sub(move, table)
+
+
 def on_page_markdown(markdown, page, config, files):
-    return INCLUDE.sub(lambda m: results_table(m[1], int(m[2] or 1)), markdown)
+    return INCLUDE.sub(
+        lambda m: relinked(
+            results_table(m[1], int(m[2] or 1)), m[1], page.file.src_uri
+        ),
+        markdown,
+    )
