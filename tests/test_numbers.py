@@ -7,7 +7,8 @@ code spans and link targets) is in one of the files it links, as written there
 or rounded to the precision the bullet gives (`436 ms` matches `436.4`, `1M`
 matches `1,000,000`, `2²⁰` matches `1,048,576`). In the guides the same holds
 for the figures with a unit (ms, s, GiB, MiB, ×, %) of every paragraph, list
-item or table row that links a results file. So a new headline or a new page
+item or table that links a results file (a table also by the paragraph that
+introduces it). So a new headline or a new page
 is checked as soon as it cites its file, and a figure copied from another run
 fails here instead of drifting.
 """
@@ -105,11 +106,20 @@ def _resolve(page, target):
 
 
 def blocks(page):
-    """Paragraphs, list items and table rows of a page, without code blocks."""
+    """`(text, links)` for the paragraphs, list items and tables of a page,
+    without code blocks. A table without links of its own takes those of
+    the paragraph before it ("… full table in [scale.md](…):")."""
     text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
-    for block in re.split(r"\n\s*\n|\n(?=\s*- )|\n(?=\|)", text):
-        if block.strip():
-            yield block
+    previous = []
+    for block in re.split(r"\n\s*\n|\n(?=\s*- )", text):
+        if not block.strip():
+            continue
+        # Plots are not sources a figure can be read from.
+        links = [t for t in LINK.findall(block) if not t.endswith(".png")]
+        if block.lstrip().startswith("|") and not links:
+            links = previous
+        yield block, links
+        previous = links
 
 
 def test_every_headline_cites_a_results_file():
@@ -138,9 +148,7 @@ def test_readme_headline_figures_are_in_the_cited_file(index):
 @pytest.mark.parametrize("page", GUIDES, ids=lambda p: p.name)
 def test_guide_figures_are_in_the_cited_file(page):
     problems = []
-    for block in blocks(page):
-        # Plots are not sources a figure can be read from.
-        targets = [t for t in LINK.findall(block) if not t.endswith(".png")]
+    for block, targets in blocks(page):
         if not targets:
             continue
         paths = [_resolve(page, t) for t in targets]
