@@ -11,6 +11,8 @@ Fails (exit status 1) on any of, for every page:
 - a request that fails or answers 400 or more (a missing image, stylesheet,
   script or search index);
 - an image that did not load (`naturalWidth == 0`);
+- a list item that Markdown ran into the paragraph before it, shown as a
+  literal "- **…**";
 - a link to an anchor (`page/#anchor` or `#anchor`) that no element of the
   target page has as its id;
 - on the home page, a code block wider than its box (the reader would have to
@@ -31,6 +33,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -56,7 +59,7 @@ CHROMIUM_FLAGS = (
 )
 WIDTH, HEIGHT = 1280, 900
 # Collected in the page after it loads.
-PAGE_REPORT = """(() => {
+PAGE_REPORT = r"""(() => {
   const ids = [...document.querySelectorAll('[id]')].map(e => e.id);
   const images = [...document.images]
     .filter(i => i.complete && i.naturalWidth === 0)
@@ -66,8 +69,12 @@ PAGE_REPORT = """(() => {
     .filter(h => h.startsWith(location.origin));
   const wide = [...document.querySelectorAll('pre > code')]
     .filter(c => c.scrollWidth > c.clientWidth + 1)
-    .map(c => c.textContent.split('\\n').reduce((a, b) => a.length > b.length ? a : b));
-  return JSON.stringify({ids, images, links, wide,
+    .map(c => c.textContent.split('\n').reduce((a, b) => a.length > b.length ? a : b));
+  // A list item that Markdown ran into the paragraph before it.
+  const bullets = [...document.querySelectorAll('.md-content p')]
+    .filter(p => /(^|[.:;)]\s+)[-*] (<strong>|<code>|\*\*)/.test(p.innerHTML.trim()))
+    .map(p => p.textContent.slice(0, 120));
+  return JSON.stringify({ids, images, links, wide, bullets,
                          height: document.documentElement.scrollHeight});
 })()"""
 
@@ -187,11 +194,14 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @contextlib.contextmanager
 def browser(chromium):
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write to the profile while they
+    # exit: the folder is removed as far as it can be.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its helpers in a group of their own
         )
         try:
             active = pathlib.Path(profile, "DevToolsActivePort")
@@ -208,11 +218,14 @@ def browser(chromium):
                 target = json.load(response)
             yield Page(target["webSocketDebuggerUrl"])
         finally:
-            process.terminate()
+            # The browser and the helpers it started: the group this
+            # function created, by its id.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
 
@@ -280,6 +293,8 @@ def check(site, chromium, screenshots=None, shots=()):
             name = "/" + path.removesuffix("index.html")
             for problem in problems_in(page.events, base):
                 failures.append(f"{name}: {problem}")
+            for text in report["bullets"]:
+                failures.append(f"{name}: a list item rendered as text: {text!r}")
             for image in report["images"]:
                 failures.append(f"{name}: image did not load: {image}")
             for line in report["wide"]:
