@@ -13,7 +13,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import run_python, skip_if_written_by_newer_keras
+from helpers import (
+    run_python,
+    skip_if_written_by_newer_keras,
+    written_by_newer_keras,
+)
 from tf_warnings import tf_warnings
 
 import keras_lookup
@@ -61,10 +65,15 @@ def test_code_block_runs(name, code, monkeypatch):
 
 
 def _first_blocks():
-    """The README's example and the first ```python block of every page."""
+    """The README's example and the first ```python block of every page
+    (but those that load a model this Keras cannot read: see
+    `test_code_block_runs`)."""
     for page in PAGES:
         found = BLOCK.findall(page.read_text())
-        if found:
+        models = re.findall(
+            r"\"(saved_models/[^\"]+)\.keras\"", found[0] if found else ""
+        )
+        if found and not any(written_by_newer_keras(str(ROOT / m)) for m in models):
             yield page.relative_to(ROOT).as_posix(), found[0]
 
 
