@@ -8,9 +8,11 @@ the older `2026-01-01 12:00:00.0: W tensorflow/…` form), and Python warnings
 Not counted, because they are start-up notices of the machine, not of the
 code: INFO lines (oneDNN, "Could not find cuda drivers"), absl's own
 "WARNING: All log messages before absl::InitializeLog() is called are written
-to STDERR", and ERROR lines that TensorFlow's CUDA build writes on a machine
-without a GPU (`cuInit`, "Unable to register cuDNN factory") or when oneDNN
-falls back for `DT_BOOL`. Every other ERROR line counts too.
+to STDERR", the lines that TensorFlow's CUDA build writes at import on a
+machine without a GPU (`cuInit`, "Unable to register cuDNN factory", and on
+TensorFlow 2.16 the WARNING "TF-TRT Warning: Could not find TensorRT"), and
+oneDNN's notice that it falls back for `DT_BOOL`. Every other ERROR line
+counts too.
 
 Run the process with `TF_CPP_MIN_LOG_LEVEL=0` and Python's default warning
 filters, so that nothing hides a warning that a user would see.
@@ -25,10 +27,11 @@ _WARNING = re.compile(
     r"|^\S+:\d+: \w*Warning: ",
     re.M,
 )
-# ERROR lines of a CUDA build of TensorFlow on a CPU machine, and oneDNN's
-# notice that it falls back to Eigen for booleans.
+# What a CUDA build of TensorFlow logs at import on a CPU machine, and
+# oneDNN's notice that it falls back to Eigen for booleans.
 _MACHINE_NOTICES = re.compile(
     r"cuInit|Unable to register cu(DNN|FFT|BLAS) factory|oneDNN supports DT_BOOL"
+    r"|TF-TRT Warning: Could not find TensorRT"
 )
 
 
