@@ -73,8 +73,6 @@ class Runner:
     name = "one process"
     # Whether this process writes files (checkpoints, logs, progress bars).
     is_chief = True
-    # Workers that read their own copy of a dataset (ParameterServerStrategy).
-    input_workers = 1
     # Whether the training data must be one stream over the whole run (with a
     # known number of steps per epoch) rather than read anew each epoch.
     needs_stream = False
@@ -89,16 +87,16 @@ class Runner:
     def build(self, element_spec):
         """Builds the model, its metrics and its optimizer, in the scope."""
         model = self.model
+        if not hasattr(model, "_symbolic_build"):  # pragma: no cover - other Keras
+            raise RuntimeError(
+                "keras_lookup.distribute builds the model as `model.fit` does, "
+                "with Keras's `Trainer._symbolic_build` (Keras 3.12 to 3.15), "
+                f"which Keras {keras.__version__} does not have."
+            )
         with self.scope():
-            try:
-                # What `model.fit` does before its first step: every variable
-                # exists before training starts (and before a backup restores).
-                model._symbolic_build(data_batch=element_spec)
-            except AttributeError as error:  # pragma: no cover - other Keras
-                raise RuntimeError(
-                    "keras_lookup.distribute needs Keras's `_symbolic_build` "
-                    f"(Keras 3.12 to 3.15); this Keras has none ({error})."
-                ) from error
+            # What `model.fit` does before its first step: every variable
+            # exists before training starts (and before a backup restores).
+            model._symbolic_build(data_batch=element_spec)
             optimizer = getattr(model, "optimizer", None)
             if optimizer is not None and not optimizer.built:
                 optimizer.build(model.trainable_variables)
@@ -174,7 +172,6 @@ class ParameterServerRunner(Runner):
     def __init__(self, model, strategy):
         super().__init__(model, strategy)
         self.coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
-        self.input_workers = len(self.coordinator._cluster.workers)
         self._train_function = None
         self._test_function = None
         self._predict_function = None
@@ -310,6 +307,7 @@ class MultiWorkerRunner(Runner):
         super().__init__(model, strategy)
         self.is_chief = bool(strategy.extended.should_checkpoint)
         self._train_function = self._test_function = None
+        self._predict_function = self._any_function = None
 
     def _distribute(self, data, skip=0):
         if data.kind == "fn":
@@ -387,11 +385,11 @@ class MultiWorkerRunner(Runner):
         iterator = iter(self._distribute(data))
         step = 0
         while steps is None or step < steps:
-            callbacks.on_test_batch_begin(step)
             try:
                 data_batch = next(iterator)
             except StopIteration:
                 break
+            callbacks.on_test_batch_begin(step)
             function(data_batch)
             callbacks.on_test_batch_end(step, {})
             step += 1
@@ -400,25 +398,29 @@ class MultiWorkerRunner(Runner):
         return logs
 
     def predict(self, data, steps, callbacks):
-        strategy, model = self.strategy, self.model
+        if self._predict_function is None:
+            strategy, model = self.strategy, self.model
 
-        @tf.function
-        def predict(batch):
-            x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
-            outputs = strategy.run(model.predict_step, args=(x,))
-            # Every worker gets every prediction, in the global batch's order.
-            return strategy.gather(outputs, axis=0)
+            @tf.function(reduce_retracing=True)
+            def predict(batch):
+                x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+                outputs = strategy.run(model.predict_step, args=(x,))
+                # Every worker gets every prediction, in the global batch's
+                # order.
+                return strategy.gather(outputs, axis=0)
 
+            self._predict_function = predict
+        predict = self._predict_function
         callbacks.on_predict_begin()
         outputs = []
         iterator = iter(self._distribute(data))
         step = 0
         while steps is None or step < steps:
-            callbacks.on_predict_batch_begin(step)
             try:
                 batch = next(iterator)
             except StopIteration:
                 break
+            callbacks.on_predict_batch_begin(step)
             outputs.append(tree.map_structure(np.asarray, predict(batch)))
             callbacks.on_predict_batch_end(step, {})
             step += 1
@@ -426,15 +428,19 @@ class MultiWorkerRunner(Runner):
         return _concat(outputs)
 
     def any_worker(self, flag):
-        strategy = self.strategy
-        value = tf.constant(1.0 if flag else 0.0)
+        if self._any_function is None:
+            strategy = self.strategy
 
-        @tf.function
-        def total():
-            per_replica = strategy.run(lambda: tf.identity(value))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            @tf.function
+            def total(value):
+                # Each worker's own `value` (it is no distributed value).
+                per_replica = strategy.run(tf.identity, args=(value,))
+                return strategy.reduce(
+                    tf.distribute.ReduceOp.SUM, per_replica, axis=None
+                )
 
-        return float(total()) > 0
+            self._any_function = total
+        return float(self._any_function(tf.constant(1.0 if flag else 0.0))) > 0
 
     def metric_values(self):
         # Read in cross-replica context: summed over the workers (a collective
