@@ -499,10 +499,21 @@ def _size(variable):
 
 
 def _batches(data, steps):
-    dataset = data.local()
-    if steps is not None:
-        dataset = dataset.take(steps)
-    return iter(dataset)
+    """The first `steps` batches of `data` (all of them if `steps` is None).
+
+    With a count, the iterator is not asked for more: after connecting to a
+    cluster, TensorFlow 2.16 logs a warning for each iterator that reaches
+    its end.
+    """
+    iterator = iter(data.local())
+    if steps is None:
+        yield from iterator
+        return
+    for _ in range(steps):
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
 
 
 def _python(logs):

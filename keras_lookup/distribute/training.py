@@ -81,7 +81,11 @@ def fit(
     read from the parameter servers (at most once a second), and epoch-level
     logs count every step of the epoch. For a resume at the batch a run was
     killed at, pass `keras_lookup.distribute.BackupAndRestore` (Keras's own
-    restores only the epoch, and raises here).
+    restores only the epoch, and raises here). The model's
+    `steps_per_execution` applies in one process; under the multi-machine
+    strategies each step runs on its own. `class_weight` and
+    `validation_split` are not taken: weight the examples in the data, and
+    pass `validation_data`.
 
     Args:
         model: A compiled `keras.Model`, built (or only created) inside the
@@ -178,6 +182,8 @@ def fit(
         validation = Data.from_validation(
             validation_data, validation_batch_size or batch_size
         )
+        if validation_steps is None and not isinstance(runner, _runners.LocalRunner):
+            validation_steps = validation.cardinality()
     runner.build(data.element_spec)
     steps = _steps_per_epoch(runner, data, steps_per_epoch)
     stream_mode = steps_per_epoch is not None or runner.needs_stream
