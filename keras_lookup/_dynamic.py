@@ -361,26 +361,30 @@ class RowMap(tf.Module):
         return out
 
     def load_arrays(self, arrays, layer_name):
-        """Assigns what `arrays()` gave (any mapping), then refills the table."""
+        """Assigns what `arrays()` gave (any mapping; other keys than those
+        of `arrays()` but `"0"` are refused), then refills the table."""
+        expected = set(self.arrays_names())
+        given = set(arrays.keys()) - {"0"}
+        if given != expected:
+            missing = ", ".join(repr(n) for n in sorted(expected - given)) or "none"
+            extra = ", ".join(repr(n) for n in sorted(given - expected)) or "none"
+            raise ValueError(
+                f"Layer '{layer_name}' cannot load this id -> row map: it lacks "
+                f"{missing} and has {extra} that the layer does not keep. It "
+                "was saved from a DynamicEmbedding with another `key_dtype`, "
+                "`eviction` or `min_count`; build the layer as the saved one was."
+            )
         values = {}
         for name, variable in self.state_variables().items():
-            try:
-                if name == "row_keys" and self.key_dtype == tf.string:
-                    value = decode_strings(
-                        arrays["row_keys_bytes"], arrays["row_keys_lengths"]
-                    )
-                else:
-                    value = np.asarray(arrays[name])
-            except KeyError:
-                raise ValueError(
-                    f"Layer '{layer_name}' cannot load its id -> row map: the "
-                    f"saved state has no {name!r}. It was saved from a "
-                    "DynamicEmbedding with another `key_dtype`, `eviction` or "
-                    "`min_count`; build the layer as the saved one was."
-                ) from None
+            if name == "row_keys" and self.key_dtype == tf.string:
+                value = decode_strings(
+                    arrays["row_keys_bytes"], arrays["row_keys_lengths"]
+                )
+            else:
+                value = np.asarray(arrays[name])
             if value.shape != tuple(variable.shape):
                 raise ValueError(
-                    f"Layer '{layer_name}' cannot load its id -> row map: "
+                    f"Layer '{layer_name}' cannot load this id -> row map: "
                     f"{name!r} was saved with shape {value.shape}, and this "
                     f"layer's has shape {tuple(variable.shape)}. Build the "
                     "layer with the saved `capacity` (and `admission_slots`)."
@@ -389,6 +393,13 @@ class RowMap(tf.Module):
         for name, variable in self.state_variables().items():
             variable.assign(values[name])
         self.rebuild_table()
+
+    def arrays_names(self):
+        names = list(self.state_variables())
+        if self.key_dtype == tf.string:
+            at = names.index("row_keys")
+            names[at : at + 1] = ["row_keys_bytes", "row_keys_lengths"]
+        return names
 
     def rebuild_table(self):
         """Refills the hash table from `row_keys` and the free rows."""
