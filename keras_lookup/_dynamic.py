@@ -167,11 +167,12 @@ class RowMap(tf.Module):
             num_found = tf.size(found, tf.int64) - tf.size(new, tf.int64)
             placed, given = self._place(unique, counts, rows, new, num_found, step)
             on_given(given)
+            # Only new keys can be left without a row.
+            missing = tf.where(placed < 0, counts, tf.zeros_like(counts))
+            self.no_row.assign_add(tf.reduce_sum(missing))
             return placed
 
         rows = tf.cond(tf.size(new) > 0, place_new, lambda: rows)
-        missing = tf.reduce_sum(tf.where(rows < 0, counts, tf.zeros_like(counts)))
-        self.no_row.assign_add(missing)
         return tf.gather(rows, position)
 
     def _touch(self, rows, counts, step):
