@@ -14,7 +14,8 @@ state, all created once, at build, with `capacity` entries:
   (rounding down) at every multiple of `lfu_half_life` steps; kept lazily, as
   of the step in `last_seen`, so no step touches every row;
 - `reassigned`: rows handed to a new key whose optimizer state has not been
-  reset yet (the keras_lookup optimizers reset and clear them);
+  reset yet (the keras_lookup optimizers reset and clear them); one entry
+  per table row, the layer's unknown row included;
 - `pending_tags`, `pending_counts` (`min_count > 1`): a direct-mapped array of
   `admission_slots` slots counting the sightings of keys without a row. A
   key's slot is its fingerprint modulo the slot count; its tag is the key
@@ -79,6 +80,7 @@ class RowMap(tf.Module):
         eviction_batch,
         lfu_half_life,
         seed,
+        table_rows=None,
     ):
         super().__init__(name="row_map")
         self.capacity = capacity
@@ -98,7 +100,9 @@ class RowMap(tf.Module):
                 tf.range(capacity - 1, -1, -1, dtype=tf.int64), "free_rows"
             )
             self.num_free = _variable(tf.constant(capacity, tf.int64), "num_free")
-            self.reassigned = _variable(tf.zeros([capacity], tf.bool), "reassigned")
+            self.reassigned = _variable(
+                tf.zeros([table_rows or capacity], tf.bool), "reassigned"
+            )
             if eviction is not None:
                 self.last_seen = _variable(
                     tf.fill([capacity], tf.constant(FREE, tf.int64)), "last_seen"

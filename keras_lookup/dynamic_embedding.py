@@ -32,8 +32,12 @@ class DynamicEmbedding(_base.LookupBase):
     is reset: a new id never inherits another's vector or moments.
 
     Inference (`predict`, `evaluate`, `training=False`, an exported
-    SavedModel) assigns nothing and counts nothing: an id without a row reads
-    a zero vector (left out of its bag with a combiner) and sends no gradient.
+    SavedModel) assigns nothing and counts nothing. An id without a row (not
+    admitted yet, none to give, or never seen in training) reads a zero
+    vector, is left out of its bag with a combiner and sends no gradient; with
+    `unknown_row=True` it reads one shared row instead, trained by the
+    training lookups of ids without a row (as `StringLookup`'s
+    out-of-vocabulary row).
     `lookup_rows`, `vocabulary_size` and `counters` read the map. The map is
     saved in `.keras` and weights files, by `keras_lookup.save_state`, by
     `tf.train.Checkpoint` and in `model.export()` SavedModels, which serve it
@@ -78,6 +82,11 @@ class DynamicEmbedding(_base.LookupBase):
             Defaults to `capacity`. A slot holds one id: an id whose slot is
             taken by another id later seen without a row loses its count and
             starts over, so an id is never admitted early, only late.
+        unknown_row: Boolean. If True, the table has one more row (the last,
+            never handed to an id), which every id without a row of its own
+            reads and trains; useful with `min_count > 1` or `eviction=None`,
+            where ids go without rows in training. Defaults to False: such ids
+            read zeros.
 
     Call arguments:
         inputs: Ids: int64 (or narrower integer) or string tensors, dense of
@@ -137,6 +146,7 @@ class DynamicEmbedding(_base.LookupBase):
         eviction_batch=None,
         lfu_half_life=1000,
         admission_slots=None,
+        unknown_row=False,
         **kwargs,
     ):
         capacity = _checks.check_positive_int("capacity", capacity)
@@ -153,6 +163,7 @@ class DynamicEmbedding(_base.LookupBase):
             admission_slots = _checks.check_positive_int(
                 "admission_slots", admission_slots
             )
+        unknown_row = _checks.check_bool("unknown_row", unknown_row)
         if mask_key is not None:
             if isinstance(mask_key, bool) or not isinstance(
                 mask_key, _MASK_KEY_TYPES[key_dtype]
@@ -176,7 +187,7 @@ class DynamicEmbedding(_base.LookupBase):
                 f"{embeddings_initializer!r}"
             )
         super().__init__(
-            capacity,
+            capacity + unknown_row,
             output_dim,
             combiner=combiner,
             table_dtype=table_dtype,
@@ -193,6 +204,7 @@ class DynamicEmbedding(_base.LookupBase):
         self.eviction_batch = eviction_batch
         self.lfu_half_life = lfu_half_life
         self.admission_slots = admission_slots
+        self.unknown_row = unknown_row
         # No XLA kernel for hash-table ops.
         self.supports_jit = False
         self.supports_masking = combiner is not None or mask_key is not None
@@ -221,6 +233,7 @@ class DynamicEmbedding(_base.LookupBase):
             self.lfu_half_life,
             # Python's generator, which `keras.utils.set_random_seed` seeds.
             seed=random.randint(1, 2**31 - 1),
+            table_rows=self.input_dim,
         )
         # How the keras_lookup optimizers find the rows whose state to reset
         # (`optimizers._sparse`): on the variable their `update_step` sees.
@@ -271,13 +284,17 @@ class DynamicEmbedding(_base.LookupBase):
 
     def _flat_rows(self, keys, training):
         if training:
-            return self._map.assign(keys, self._reinitialize)
-        return self._map.find(keys)
+            rows = self._map.assign(keys, self._reinitialize)
+        else:
+            rows = self._map.find(keys)
+        if self.unknown_row:  # the last row, shared by ids without their own
+            rows = tf.where(rows < 0, tf.constant(self.capacity, tf.int64), rows)
+        return rows
 
     def _reinitialize(self, rows):
         # A step's stateless seed: the same rows after a checkpoint's resume.
         seed = tf.stack([self._map.seed, self._map.clock])
-        shape = (self.capacity, self.output_dim)
+        shape = (self.input_dim, self.output_dim)  # as the table was drawn
         values = _tables.draw_rows(
             self.embeddings_initializer, shape, tf.size(rows), seed, tf.float32
         )
@@ -343,7 +360,8 @@ class DynamicEmbedding(_base.LookupBase):
 
     def lookup_rows(self, ids):
         """Each id's row as a NumPy int64 array shaped like `ids`, -1 where
-        it has none. Reads the map only."""
+        it has none of its own (it then reads zeros, or the unknown row).
+        Reads the map only."""
         if not self.built:
             self.build()
         keys = self._keys(ids)
@@ -417,6 +435,7 @@ class DynamicEmbedding(_base.LookupBase):
                 "eviction_batch": self.eviction_batch,
                 "lfu_half_life": self.lfu_half_life,
                 "admission_slots": self.admission_slots,
+                "unknown_row": self.unknown_row,
             }
         )
         config.update(

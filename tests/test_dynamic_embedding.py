@@ -77,6 +77,7 @@ def test_config_round_trip_with_every_argument():
         eviction_batch=7,
         lfu_half_life=50,
         admission_slots=33,
+        unknown_row=True,
         name="words",
     )
     config = layer.get_config()
@@ -429,6 +430,26 @@ def test_a_row_handed_out_again_starts_afresh(name):
     np.testing.assert_allclose(slots, after_one_step, rtol=1e-4)
     assert not layer._map.reassigned.numpy().any()  # the reset is done once
     assert layer.counters() == {"admitted": 2, "evicted": 1, "no_row": 0}
+
+
+def test_unknown_row_is_trained_by_ids_without_rows_and_read_for_them():
+    layer = keras_lookup.DynamicEmbedding(
+        4,
+        2,
+        min_count=2,
+        unknown_row=True,
+        embeddings_initializer=keras.initializers.Constant(0.5),
+    )
+    # Ids 1 and 2 are not admitted yet: both read and train the extra row.
+    train_on(layer, keras_lookup.optimizers.LazySGD(0.1), [[1, 2]])
+    table = layer.embeddings.numpy()
+    assert table.shape == (5, 2) and layer.vocabulary_size() == 0
+    np.testing.assert_allclose(table[4], [0.3, 0.3], rtol=1e-6)
+    np.testing.assert_array_equal(table[:4], 0.5)
+    # At inference, an id never seen reads it too; lookup_rows says -1.
+    np.testing.assert_array_equal(layer(np.array([99])), table[4:])
+    assert (layer.lookup_rows(np.array([1, 2, 99])) == -1).all()
+    assert layer.counters() == {"admitted": 0, "evicted": 0, "no_row": 2}
 
 
 def test_rows_handed_out_again_are_drawn_afresh_from_the_initializer():
