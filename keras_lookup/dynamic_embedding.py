@@ -340,10 +340,10 @@ class DynamicEmbedding(_base.LookupBase):
             )
         return dtype
 
-    def compute_output_spec(self, inputs, *args, **kwargs):
+    def compute_output_spec(self, inputs, weights=None, mask=None, training=None):
         # Wrong ids fail when the model is built, not at its first batch.
         self._check_key_dtype(inputs.dtype)
-        return super().compute_output_spec(inputs, *args, **kwargs)
+        return super().compute_output_spec(inputs, weights, mask)
 
     def compute_mask(self, inputs, mask=None):
         if self.combiner is not None or self.mask_key is None:

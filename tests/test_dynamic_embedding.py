@@ -499,6 +499,14 @@ def test_bags_of_ids_with_padding_and_weights():
     )
 
 
+def test_symbolic_calls_take_every_call_argument():
+    ids = keras.Input((3,), dtype="int32")
+    layer = keras_lookup.DynamicEmbedding(8, 2, combiner="sum")
+    out = layer(ids, weights=keras.ops.ones_like(ids, "float32"), training=True)
+    assert tuple(out.shape) == (None, 2) and out.dtype == "float32"
+    assert not getattr(out, "ragged", False)
+
+
 def test_mask_key_makes_a_keras_mask_and_gets_no_row():
     layer = keras_lookup.DynamicEmbedding(8, 2, mask_key=0)
     ids = np.array([[5, 0, 6]])
