@@ -47,6 +47,7 @@ import collections
 import json
 import os
 import re
+import sys
 import time
 
 import _cli
@@ -77,7 +78,7 @@ MODES = {
         "pairs": 2000,
     },
     "smoke": {
-        "capacity": 1024,
+        "capacity": 256,
         "dim": 8,
         "passes": 1,
         "first_year": 2009,
@@ -341,8 +342,7 @@ def report(args, rows, counters, size):
 def write_results(args, rows, counters, size, lines):
     os.makedirs(args.results_dir, exist_ok=True)
     stem = os.path.join(args.results_dir, "dynamic_vocabulary")
-    command = "python examples/dynamic_vocabulary.py"
-    command += "" if args.mode == "full" else f" --{args.mode}"
+    command = " ".join(["python examples/dynamic_vocabulary.py", *sys.argv[1:]])
     settings = {
         k: getattr(args, k)
         for k in (

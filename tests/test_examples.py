@@ -263,17 +263,18 @@ def test_dynamic_vocabulary_smoke_writes_its_results(tmp_path):
     assert names[1:] == ["StringLookup adapted on the early part", "Hashing"]
     assert names[0].startswith("DynamicEmbedding (eviction=lru, min_count=3")
     assert all(0 <= float(score) <= 100 for _, score in scores)
-    # 1,024 rows for a stream of a few thousand distinct words: evictions.
+    # 256 rows for a stream of a few thousand distinct words: evictions.
     admitted, evicted = re.search(
         r"first table: ([\d,]+) words admitted, ([\d,]+) evicted", result.stdout
     ).groups()
     assert int(evicted.replace(",", "")) > 0
-    assert int(admitted.replace(",", "")) > 1024
+    assert int(admitted.replace(",", "")) > 256
     written = sorted(os.listdir(tmp_path / "out"))
     assert written == [f"dynamic_vocabulary.{e}" for e in ("json", "md", "png")]
     with open(tmp_path / "out" / "dynamic_vocabulary.json") as f:
         record = json.load(f)
-    assert {row["year"] for row in record["speeches"]} >= {2017, 2026}
+    years = {row["year"] for row in record["speeches"]}
+    assert min(years) >= 2017 and 2026 in years  # the later part only
     assert "| 2020s |" in (tmp_path / "out" / "dynamic_vocabulary.md").read_text()
 
 
