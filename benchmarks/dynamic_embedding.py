@@ -157,17 +157,6 @@ def _key(record):
     )
 
 
-def _read(path):
-    latest = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    record = json.loads(line)
-                    latest[_key(record)] = record
-    return latest
-
-
 def _capacity(c):
     exponent = c.bit_length() - 1
     return f"2^{exponent}" if c == 2**exponent else f"{c:,}"
@@ -354,7 +343,7 @@ def main():
     import keras
     import tensorflow as tf
 
-    records = list(_read(log).values())
+    records = list(_harness.latest_records(log, _key).values())
     text = table(records, args.batch, args.dim)
     command = "python benchmarks/dynamic_embedding.py " + " ".join(sys.argv[1:])
     about = (
