@@ -176,7 +176,6 @@ def check_state(layer, reference):
     num_free = int(state["num_free"])
     assert num_free == len(reference.free)
     assert state["free_rows"][:num_free].tolist() == reference.free
-    occupied = [r for r in range(reference.capacity) if reference.row_keys[r]]
     occupied = [r for r in range(reference.capacity) if r not in set(reference.free)]
     keys = state["row_keys"][occupied].tolist()
     expected = [reference.row_keys[r] for r in occupied]
@@ -257,6 +256,22 @@ def test_map_follows_the_reference_model(eviction, min_count, key_dtype, graph):
     check_state(layer, reference)
     assert reference.evicted or eviction is None
     assert reference.no_row or (eviction is not None and min_count == 1)
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lfu", None])
+def test_a_batch_with_more_new_ids_than_rows(eviction):
+    # 6 new ids a step for 4 rows: the first ids of the batch get the rows
+    # (evicting every id not in the batch), the others none this step.
+    layer = keras_lookup.DynamicEmbedding(4, 2, eviction=eviction)
+    layer.build()
+    reference = ReferenceMap(4, eviction)
+    step = trainer(layer)
+    for batch in ([1, 2, 3, 4, 5, 6], [5, 6, 7, 8, 9, 10], [1, 1, 11, 12, 13, 14]):
+        keys = np.array(batch, np.int64)
+        step(keys)
+        assert layer.lookup_rows(keys).tolist() == reference.step(batch)
+    check_state(layer, reference)
+    assert layer.counters()["no_row"] > 0
 
 
 def test_lru_gives_every_new_id_a_row_without_growing():
