@@ -274,6 +274,32 @@ def test_a_batch_with_more_new_ids_than_rows(eviction):
     assert layer.counters()["no_row"] > 0
 
 
+def test_lfu_admits_newcomers_when_full_and_they_must_earn_their_place():
+    layer = keras_lookup.DynamicEmbedding(3, 2, eviction="lfu", eviction_batch=1)
+    step = trainer(layer)
+    step(np.array([1, 1, 1, 2, 2, 2]))  # ids 1 and 2: 3 lookups each
+    step(np.array([3]))  # the last free row
+    step(np.array([4]))  # full: 4 takes the row of 3, the lowest count
+    rows = layer.lookup_rows(np.array([1, 2, 3, 4]))
+    assert rows[2] == -1 and (rows[[0, 1, 3]] >= 0).all()
+    step(np.array([5]))  # 4 was not seen again: it goes first
+    assert layer.lookup_rows(np.array([4, 5]))[0] == -1
+
+
+@pytest.mark.parametrize("half_life, heavy_hitter_stays", [(1000, True), (1, False)])
+def test_lfu_ageing_lets_past_heavy_hitters_leave(half_life, heavy_hitter_stays):
+    layer = keras_lookup.DynamicEmbedding(
+        3, 2, eviction="lfu", eviction_batch=1, lfu_half_life=half_life
+    )
+    step = trainer(layer)
+    step(np.array([1] * 8))  # id 1: 8 lookups, then never again
+    for _ in range(5):
+        step(np.array([2, 3]))  # 5 lookups each, recent
+    step(np.array([4]))  # full: the lowest aged count gives its row up
+    stays = layer.lookup_rows(np.array([1]))[0] >= 0
+    assert stays == heavy_hitter_stays
+
+
 def test_lru_gives_every_new_id_a_row_without_growing():
     # The check: 12,000 ids, then 12,000 new ones, in 16,384 rows.
     layer = keras_lookup.DynamicEmbedding(16_384, 4)
