@@ -159,7 +159,7 @@ def fill(variable, initializer, shape, dtype):
             variable, lambda: tf.cast(initializer(shape, draw_dtype), dtype)
         )
     # A value the variable adopts without a copy or a memset.
-    _assign_graph(variable, lambda: tf.raw_ops.Empty(shape=shape, dtype=dtype))
+    _assign_empty(variable.handle, tf.constant(shape, tf.int32), dtype)
     row_size = math.prod(shape[1:])
     # Slices start on a multiple of four entries: one Philox counter.
     # A half table's slices hold half the entries: each is drawn in float32
@@ -195,14 +195,29 @@ def fill(variable, initializer, shape, dtype):
         tf.raw_ops.DisableCopyOnRead(resource=variable.handle)
 
 
+# Inside a graph the value has no other user when `AssignVariableOp` runs, so
+# the variable adopts its buffer instead of copying it (eagerly, Python would
+# still hold the value, and the op would copy it).
+@tf.function(autograph=False, reduce_retracing=True)
+def _assign_empty(handle, shape, dtype):
+    # One function for every table and slot, traced once per dtype and rank:
+    # a new `tf.function` per variable made TensorFlow warn of retracing once
+    # a model had five large variables.
+    tf.raw_ops.AssignVariableOp(
+        resource=handle, value=tf.raw_ops.Empty(shape=shape, dtype=dtype)
+    )
+
+
 def _assign_graph(variable, value_fn):
-    # Inside a graph the value has no other user when `AssignVariableOp`
-    # runs, so the variable adopts its buffer instead of copying it.
-    @tf.function(autograph=False)
+    """Assigns `value_fn()`, run as one graph, to `variable` without a copy."""
+
     def assign():
         variable.assign(value_fn(), read_value=False)
 
-    assign()
+    # The graph depends on `value_fn`, so it is traced for each variable; as
+    # a concrete function it is called without the retracing warning that
+    # repeated calls of new `tf.function`s raise.
+    tf.function(assign, autograph=False).get_concrete_function()()
 
 
 @contextlib.contextmanager

@@ -220,27 +220,37 @@ def same_graph_line(results):
 
 
 def plot(results, out_dir, columns=COLUMNS):
-    """One PNG per form: time vs V, a panel per ids-per-row. Returns paths."""
+    """One PNG per form: time vs V, one panel per ids per row, stacked, so a
+    page that shrinks the figure to its width keeps the labels legible.
+    Returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from keras_lookup import _plot_style
+
+    _plot_style.use_style(matplotlib)
     paths = []
     for form in dict.fromkeys(p["form"] for p in results):
         ks = list(dict.fromkeys(p["ids_per_row"] for p in results if p["form"] == form))
         fig, axes = plt.subplots(
-            1, len(ks), figsize=(5 * len(ks), 4.2), squeeze=False, sharey=False
+            len(ks), 1, figsize=(8, 4.4 * len(ks)), squeeze=False, sharex=True
         )
-        for ax, k in zip(axes[0], ks, strict=True):
+        for ax, k in zip(axes[:, 0], ks, strict=True):
             rows = [p for p in results if (p["form"], p["ids_per_row"]) == (form, k)]
             for column in columns:
                 xs = [p["vocab"] for p in rows if column in p["min_ms"]]
                 ys = [p["min_ms"][column] for p in rows if column in p["min_ms"]]
                 if xs:
-                    style = "--" if column.startswith("keras") else "-"
-                    width = 2.5 if column == "auto" else 1.3
-                    ax.plot(xs, ys, style, marker="o", ms=3, lw=width, label=column)
+                    ax.plot(
+                        xs,
+                        ys,
+                        marker="o",
+                        ms=3,
+                        label=column,
+                        **_plot_style.style(column),
+                    )
             both = [p for p in rows if {"gather", "matmul"} <= set(p["min_ms"])]
             if len(both) >= 2:
                 v = crossover_from_times(
@@ -254,25 +264,32 @@ def plot(results, out_dir, columns=COLUMNS):
                     (v, 0.97),
                     xycoords=("data", "axes fraction"),
                     va="top",
-                    fontsize=8,
                     color="grey",
                 )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_xlabel("vocabulary size V")
-            ax.set_ylabel("forward + backward step (ms, min)")
+            ax.set_ylabel("forward + backward (ms, min)")
             ids = f"{k} id{'' if k == 1 else 's'} per row"
             name = {"single": "single ids", "multi_hot": f"multi-hot rows, {ids}"}
             name = name.get(form, f"{form} bags, {ids}")
             ax.set_title(name)
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(loc="upper left")
+        axes[-1, 0].set_xlabel("vocabulary size V")
         fig.tight_layout()
         path = os.path.join(out_dir, f"lookup_{form}.png")
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def replot(folder):
+    """Draws the plots again from `folder`/results.json (no timing)."""
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)["points"]
+    columns = [c for c in COLUMNS if any(c in p["min_ms"] for p in results)]
+    return plot(results, folder, columns)
 
 
 QUICK = {
@@ -350,11 +367,22 @@ def _parser():
     parser.add_argument(
         "--no-plot", action="store_true", help="skip the PNG plots (no matplotlib)"
     )
+    parser.add_argument(
+        "--replot",
+        metavar="DIR",
+        help="draw the plots again from DIR/results.json, timing nothing",
+    )
     return parser
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.replot:
+        written = replot(args.replot)
+        print(
+            f"wrote {', '.join(os.path.basename(p) for p in written)} to {args.replot}"
+        )
+        return written
     quick = QUICK if args.quick else {}
     settings = Settings(
         dim=args.dim,

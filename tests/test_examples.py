@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 from test_saved_models import check_saved_model
+from tf_warnings import tf_warnings
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 SCRIPTS = (
@@ -37,7 +38,8 @@ STARTUP_LOG = re.compile(r"absl::InitializeLog|^[IWE]\d{4} |cuInit|oneDNN", re.M
 
 def run(script, *args, cwd, timeout=240, user_env=False):
     """Runs an example; with `user_env`, in the environment a user would have."""
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    # TensorFlow's full log, so that `assert_ok` sees any warning.
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="0")
     if user_env:
         env = {
             k: v for k, v in os.environ.items() if not k.startswith(("TF_", "KERAS"))
@@ -55,6 +57,7 @@ def run(script, *args, cwd, timeout=240, user_env=False):
 def assert_ok(result):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Summary" in result.stdout, result.stdout[-3000:]
+    assert not tf_warnings(result.stderr), tf_warnings(result.stderr)
 
 
 def assert_fails(result, *fragments):
