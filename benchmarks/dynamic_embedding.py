@@ -157,9 +157,13 @@ def _key(record):
     )
 
 
-def _capacity(c):
+def _capacity(c, plain=False):
+    """`2^20`, or with `plain` `2^20 (1,048,576)` (the figure the guides quote
+    as 2²⁰ is then in the file)."""
     exponent = c.bit_length() - 1
-    return f"2^{exponent}" if c == 2**exponent else f"{c:,}"
+    if c != 2**exponent:
+        return f"{c:,}"
+    return f"2^{exponent} ({c:,})" if plain else f"2^{exponent}"
 
 
 def table(records, batch, dim):
@@ -178,6 +182,7 @@ def table(records, batch, dim):
         "hashing mean (ms)",
         "dynamic / hashing (median)",
         f"dynamic / dynamic at {_capacity(capacities[0])} (median)",
+        "dynamic slowest step (ms)",
         "dynamic peak RSS (GiB)",
         "hashing peak RSS (GiB)",
         "load avg",
@@ -190,17 +195,18 @@ def table(records, batch, dim):
             theirs = by.get(("hashing", capacity, kind))
             if ours is None or theirs is None:
                 continue
-            row = [_capacity(capacity), kind]
+            row = [_capacity(capacity, plain=True), kind]
             for run in (ours, theirs):
                 if run.get("oom"):
                     row += ["out of memory", ""]
                 else:
                     row += [f"{run['median_ms']:.2f}", f"{run['mean_ms']:.2f}"]
             if ours.get("oom") or theirs.get("oom"):
-                row += ["", ""]
+                row += ["", "", ""]
             else:
                 row.append(f"{ours['median_ms'] / theirs['median_ms']:.2f}x")
                 row.append(f"{ours['median_ms'] / first['median_ms']:.2f}x")
+                row.append(f"{ours['max_ms']:.1f}")
             row += [f"{ours['peak_rss_gib']:.2f}", f"{theirs['peak_rss_gib']:.2f}"]
             row.append(f"{max(ours.get('load_avg', 0), theirs.get('load_avg', 0)):.1f}")
             lines.append("| " + " | ".join(row) + " |")
@@ -220,7 +226,8 @@ def targets(records, batch, dim):
     if small and large:
         ratio = large["median_ms"] / small["median_ms"]
         lines.append(
-            f"- Warm step at 2^20 / at 2^14: **{ratio:.2f}x** "
+            f"- Warm step at 2^20 (1,048,576 rows) / at 2^14 (16,384): "
+            f"**{ratio:.2f}x** "
             f"({large['median_ms']:.2f} / {small['median_ms']:.2f} ms; "
             "target: at most 2x)."
         )
@@ -240,6 +247,9 @@ def plot(records, batch, dim, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from keras_lookup import _plot_style
+
+    _plot_style.use_style(matplotlib)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for system, color in zip(SYSTEMS, ("C0", "C1"), strict=True):
         for kind, style in zip(KINDS, ("-", "--"), strict=True):
@@ -271,7 +281,7 @@ def plot(records, batch, dim, path):
     ax.set_ylim(bottom=0)
     ax.set_title(f"{batch} single int64 ids a step, D={dim}, LazyAdam")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=_plot_style.FONT_SIZE - 2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -301,6 +311,12 @@ def main():
         "--quick", action="store_true", help="C = 2^10, 2^12 and 20 steps: a smoke run"
     )
     parser.add_argument("--out", default=RESULTS, help="folder for the results")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite dynamic_embedding.md/png from the records already "
+        "in dynamic_embedding.jsonl",
+    )
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -322,7 +338,7 @@ def main():
 
     os.makedirs(args.out, exist_ok=True)
     log = os.path.join(args.out, "dynamic_embedding.jsonl")
-    for kind in args.kinds:
+    for kind in [] if args.render else args.kinds:
         for capacity in sorted(args.capacities):
             for system in SYSTEMS:
                 label = f"{system:>8} C={_capacity(capacity):>5} {kind:>4} ids"
@@ -345,10 +361,13 @@ def main():
 
     records = list(_harness.latest_records(log, _key).values())
     text = table(records, args.batch, args.dim)
-    command = "python benchmarks/dynamic_embedding.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/dynamic_embedding.py " + " ".join(
+        a for a in sys.argv[1:] if a != "--render"
+    )
     about = (
         f"Command: `{command.strip()}` (rows from earlier runs of other "
-        "capacities are kept from `dynamic_embedding.jsonl`).  \n"
+        "capacities are kept from `dynamic_embedding.jsonl`; `--render` "
+        "rewrites this file from it).  \n"
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
         f"Python {platform.python_version()}.  \n"
