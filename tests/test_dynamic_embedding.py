@@ -115,7 +115,8 @@ def memorization_accuracy(layers, x, y, key_dtype):
 @pytest.mark.parametrize("key_dtype", ["int64", "string"])
 def test_memorizes_random_ids_where_hashing_cannot(key_dtype):
     # The check: 30,000 random ids from [0, 2**62), random labels,
-    # 32,768 rows. Hashing makes ~40% of the ids share a row.
+    # 32,768 rows. Hashing makes ~60% of the ids share a row with another
+    # (benchmarks/memorization.py).
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 2**62, 30_000, dtype=np.int64)
     y = rng.integers(0, 2, 30_000).astype("float32")
