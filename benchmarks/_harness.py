@@ -129,6 +129,19 @@ def run_or_exit(script, args, label):
     return record
 
 
+def latest_records(path, key):
+    """The JSON records of a results log, one a line: the latest one for each
+    `key(record)` (a configuration run again replaces its older record)."""
+    latest = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    record = json.loads(line)
+                    latest[key(record)] = record
+    return latest
+
+
 def time_steps(runs, steps, warmup):
     """Times `steps` calls of each run, interleaved; returns (times, results).
 

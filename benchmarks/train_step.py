@@ -388,14 +388,7 @@ def run_scale_config(system, vocab, args):
 
 
 def _scale_records(path):
-    latest = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    record = json.loads(line)
-                    latest[(record["system"], record["vocab"])] = record
-    return latest
+    return _harness.latest_records(path, lambda r: (r["system"], r["vocab"]))
 
 
 def _state_gib(system, vocab):

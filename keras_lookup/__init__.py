@@ -2,7 +2,9 @@
 
 `Embedding` gathers rows, `Dense` multiplies (dense or sparse inputs), and
 `DimensionReducer` does either with the same weight, picking the faster one
-(`calibrate()` measures which is faster on this device).
+(`calibrate()` measures which is faster on this device). `DynamicEmbedding`
+takes ids of any int64 value, or strings, and hands rows out as training
+meets them.
 """
 
 import keras
@@ -17,8 +19,10 @@ if keras.backend.backend() != "tensorflow":
 
 from keras_lookup import distribute, optimizers  # noqa: E402
 from keras_lookup.calibration import calibrate  # noqa: E402
+from keras_lookup.callbacks import DynamicEmbeddingCounters  # noqa: E402
 from keras_lookup.dense import Dense  # noqa: E402
 from keras_lookup.dimension_reducer import DimensionReducer  # noqa: E402
+from keras_lookup.dynamic_embedding import DynamicEmbedding  # noqa: E402
 from keras_lookup.embedding import Embedding  # noqa: E402
 from keras_lookup.saving import load_state, save_model, save_state  # noqa: E402
 
@@ -28,6 +32,8 @@ __all__ = [
     "Dense",
     "DimensionReducer",
     "distribute",
+    "DynamicEmbedding",
+    "DynamicEmbeddingCounters",
     "Embedding",
     "load_state",
     "optimizers",

@@ -224,8 +224,59 @@ def _assign_graph(variable, value_fn):
 def _draw_rows(start, stop, shape, seeds):
     """Makes the backend's random draws of `shape` return rows `start:stop`."""
 
-    def draw(name, original):
-        kernel, counters_per_group = _DRAWS[name]
+    def key_counter(name, seed):
+        if name not in seeds:  # draw the seed once for the whole table
+            seeds[name] = _backend_random._cast_seed(_backend_random.draw_seed(seed))
+        key, counter, alg = random_ops_util.get_key_counter_alg(seeds[name], None)
+        offset = start * math.prod(shape[1:]) // 4 * _DRAWS[name][1]
+        return key, _skip(counter, offset), alg
+
+    with _replaced_draws(shape, (stop - start,) + shape[1:], key_counter):
+        yield
+
+
+def draw_rows(initializer, shape, count, seed, dtype):
+    """`count` rows of values as `initializer(shape, dtype)` would draw them.
+
+    For rows handed out again (`DynamicEmbedding`): each row is drawn from the
+    distribution the initializer gives a row of the whole `shape` table (a
+    variance-scaling initializer's scale comes from `shape`, not from the
+    rows drawn), from the stateless random `seed` (a `(2,)` integer tensor),
+    so that the same seed draws the same rows. `count` may be a tensor.
+    Constant initializers give their constant; other initializers are not
+    supported (see `draws_rows`).
+    """
+    rows_shape = tf.concat([tf.reshape(tf.cast(count, tf.int32), [1]), shape[1:]], 0)
+    if isinstance(initializer, _CONSTANT):
+        return tf.cast(initializer(rows_shape, dtype), dtype)
+    seed = tf.cast(seed, tf.int64)
+
+    def key_counter(name, _):
+        return random_ops_util.get_key_counter_alg(seed, None)
+
+    with _replaced_draws(shape, rows_shape, key_counter):
+        return tf.cast(initializer(shape, dtype), dtype)
+
+
+def draws_rows(initializer):
+    """Whether `draw_rows` supports `initializer`."""
+    constant = isinstance(initializer, _CONSTANT) and not np.ndim(
+        getattr(initializer, "value", 0)
+    )
+    return constant or isinstance(initializer, _RANDOM)
+
+
+@contextlib.contextmanager
+def _replaced_draws(shape, rows_shape, key_counter):
+    """Makes the backend's random draws of `shape` return `rows_shape` samples.
+
+    `key_counter(name, seed)` gives the Philox `(key, counter, alg)` of the
+    draw `name` ("uniform", "normal" or "truncated_normal") that the
+    initializer asks for with `seed`.
+    """
+
+    def draw(name):
+        kernel = _DRAWS[name][0]
 
         def rows(*args, dtype=None, seed=None, **kwargs):
             if "shape" in kwargs:
@@ -237,18 +288,9 @@ def _draw_rows(start, stop, shape, seeds):
                     f"The initializer drew a {tuple(draw_shape)} sample for a "
                     f"{shape} table; it cannot be built in slices."
                 )
-            if name not in seeds:  # draw the seed once for the whole table
-                seeds[name] = _backend_random._cast_seed(
-                    _backend_random.draw_seed(seed)
-                )
-            key, counter, alg = random_ops_util.get_key_counter_alg(seeds[name], None)
-            offset = start * math.prod(shape[1:]) // 4 * counters_per_group
+            key, counter, alg = key_counter(name, seed)
             rnd = kernel(
-                (stop - start,) + shape[1:],
-                key=key,
-                counter=_skip(counter, offset),
-                dtype=tf.as_dtype(dtype),
-                alg=alg,
+                rows_shape, key=key, counter=counter, dtype=tf.as_dtype(dtype), alg=alg
             )
             # The arithmetic of `tf.random.stateless_uniform` / `_normal` /
             # `stateless_truncated_normal`, so the values are bit-identical.
@@ -265,8 +307,8 @@ def _draw_rows(start, stop, shape, seeds):
     with _PATCH_LOCK:
         saved = {name: getattr(_backend_random, name) for name in _DRAWS}
         try:
-            for name, original in saved.items():
-                setattr(_backend_random, name, draw(name, original))
+            for name in saved:
+                setattr(_backend_random, name, draw(name))
             yield
         finally:
             for name, original in saved.items():

@@ -134,9 +134,10 @@ def save_state(model, folder):
                     f.write(_read_rows(value, start, stop).tobytes())
                 _disable_copy_on_read(value)
         entries.append({"file": name, "path": path, "shape": list(shape)})
+    maps = _save_maps(model, folder)
     # Written last: a folder without it (an interrupted save) does not load.
     with open(os.path.join(folder, _MANIFEST), "w") as f:
-        json.dump({"variables": entries}, f, indent=1)
+        json.dump({"variables": entries, "maps": maps}, f, indent=1)
 
 
 def load_state(model, folder):
@@ -162,7 +163,8 @@ def load_state(model, folder):
             f"`keras_lookup.save_state` (completely). Received: folder={folder!r}"
         )
     with open(manifest_path) as f:
-        entries = json.load(f)["variables"]
+        manifest = json.load(f)
+    entries = manifest["variables"]
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)
@@ -180,6 +182,7 @@ def load_state(model, folder):
                 f"{folder!r} holds {tuple(entry['shape'])} for it (saved as "
                 f"{entry['path']!r}). Build the model as the saved one was."
             )
+    map_layers = _map_layers(model, folder, manifest.get("maps", []))
     for (_, _, parts), entry in zip(variables, entries, strict=True):
         values = [(_backend_variable(v), start) for v, start in parts]
         with open(os.path.join(folder, entry["file"]), "rb") as f:
@@ -213,6 +216,45 @@ def load_state(model, folder):
                     )
         for value, _ in values:
             _disable_copy_on_read(value)
+    for layer, entry in map_layers:
+        arrays = {
+            name: np.load(os.path.join(folder, file), allow_pickle=False)
+            for name, file in entry["files"].items()
+        }
+        layer._load_map_arrays(arrays)
+
+
+def _map_layers(model, folder=None, maps=None):
+    """The layers whose state is more than variables (a `DynamicEmbedding`'s
+    id -> row map), in a fixed order; with `maps` (a manifest's), paired
+    with their entries."""
+    layers = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if hasattr(layer, "_map_arrays") and layer.built
+    ]
+    if maps is None:
+        return layers
+    if len(layers) != len(maps):
+        raise ValueError(
+            f"The model has {len(layers)} layers with an id -> row map "
+            f"(DynamicEmbedding) but {folder!r} holds {len(maps)}. Build the "
+            "model as the saved one was."
+        )
+    return list(zip(layers, maps, strict=True))
+
+
+def _save_maps(model, folder):
+    import numpy as np
+
+    maps = []
+    for index, layer in enumerate(_map_layers(model)):
+        files = {}
+        for name, value in layer._map_arrays().items():
+            files[name] = f"map{index:03d}_{name}.npy"
+            np.save(os.path.join(folder, files[name]), value, allow_pickle=False)
+        maps.append({"layer": layer.path, "files": files})
+    return maps
 
 
 def _state_variables(model):

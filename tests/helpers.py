@@ -172,7 +172,7 @@ def check_resume(build, x, y, save, load):
     `load(model)` restores it into a freshly built one. One model trains 3
     epochs straight; another trains 2, is saved and restored into a third,
     which must hold the same optimizer variables and, after 1 more epoch, the
-    same weights as the first.
+    same weights as the first. Returns the first and the third.
     """
     fit = {"batch_size": 8, "shuffle": False, "verbose": 0}
     uninterrupted = build()
@@ -198,6 +198,7 @@ def check_resume(build, x, y, save, load):
             rtol=1e-6,
             atol=1e-7,
         )
+    return uninterrupted, restored
 
 
 def script_report(script):

@@ -21,5 +21,6 @@ def test_docstring_examples(name):
 
 
 def test_public_layers_have_examples():
-    for name in ("Embedding", "Dense", "DimensionReducer", "save_model"):
+    names = ("Embedding", "Dense", "DimensionReducer", "DynamicEmbedding")
+    for name in (*names, "DynamicEmbeddingCounters", "save_model"):
         assert ">>> " in getattr(keras_lookup, name).__doc__

@@ -6,6 +6,7 @@ data are raised before TensorFlow is imported, so those cases take a second.
 
 import csv
 import importlib
+import json
 import math
 import os
 import re
@@ -18,7 +19,12 @@ from test_saved_models import check_saved_model
 from tf_warnings import tf_warnings
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
-SCRIPTS = ("text_classification.py", "language_model.py", "lookup_vs_matmul.py")
+SCRIPTS = (
+    "text_classification.py",
+    "language_model.py",
+    "lookup_vs_matmul.py",
+    "dynamic_vocabulary.py",
+)
 NUMBER = r"(\d+(?:\.\d+)?)"
 # "trained 5 epochs (stopped early: no improvement for 2 epochs after epoch
 # 3); kept the weights of epoch 3"
@@ -248,6 +254,38 @@ def test_lookup_vs_matmul_smoke(tmp_path):
     result = run("lookup_vs_matmul.py", "--smoke", cwd=tmp_path)
     assert_ok(result)
     assert re.search(rf"outputs identical: max \|difference\| {NUMBER}", result.stdout)
+
+
+def test_dynamic_vocabulary_smoke_writes_its_results(tmp_path):
+    result = run(
+        "dynamic_vocabulary.py", "--smoke", "--results-dir", "out", cwd=tmp_path
+    )
+    assert_ok(result)
+    scores = re.findall(rf"^  (.+?): accuracy {NUMBER}%", result.stdout, re.M)
+    names = [name for name, _ in scores]
+    assert names[1:] == ["StringLookup adapted on the early part", "Hashing"]
+    assert names[0].startswith("DynamicEmbedding (eviction=lru, min_count=3")
+    assert all(0 <= float(score) <= 100 for _, score in scores)
+    # 256 rows for a stream of a few thousand distinct words: evictions.
+    admitted, evicted = re.search(
+        r"first table: ([\d,]+) words admitted, ([\d,]+) evicted", result.stdout
+    ).groups()
+    assert int(evicted.replace(",", "")) > 0
+    assert int(admitted.replace(",", "")) > 256
+    written = sorted(os.listdir(tmp_path / "out"))
+    assert written == [f"dynamic_vocabulary.{e}" for e in ("json", "md", "png")]
+    with open(tmp_path / "out" / "dynamic_vocabulary.json") as f:
+        record = json.load(f)
+    years = {row["year"] for row in record["speeches"]}
+    assert min(years) >= 2017 and 2026 in years  # the later part only
+    assert "| 2020s |" in (tmp_path / "out" / "dynamic_vocabulary.md").read_text()
+
+
+def test_dynamic_vocabulary_refuses_a_split_outside_the_stream(tmp_path):
+    result = run(
+        "dynamic_vocabulary.py", "--smoke", "--split-year", "1700", cwd=tmp_path
+    )
+    assert_fails(result, "--split-year 1700 leaves no speeches", "pick a year")
 
 
 # Bad data: each message names the file and the fix.

@@ -27,6 +27,11 @@ Which paths stay sparse (the gradient reaches `update_step` as
 - `tf.distribute.MirroredStrategy`: the per-replica slices are all-reduced by
   concatenation and summed per row in `update_step`.
 
+A row that a `keras_lookup.DynamicEmbedding` hands to a new id gets its slots
+(moments, momentum, accumulator) reset to their initial value before its
+first row-sparse update, so that the new id does not inherit the previous
+id's state.
+
 Which paths are dense (whole-table work every step, as in Keras):
 
 - Variables whose gradient is a dense tensor (kernels, biases, and tables

@@ -279,6 +279,7 @@ class _LazyMixin:
             rows = tf.range(tf.shape(gradient, out_type=tf.int64)[0])
             gradient = tf.IndexedSlices(gradient, rows, tf.shape(gradient))
         indices, values = _unique_rows(gradient)
+        self._reset_reassigned_rows(variable, indices)
         dtype = compute_dtype(variable)
         values = ops.cast(values, dtype)
         learning_rate = ops.cast(learning_rate, dtype)
@@ -287,6 +288,26 @@ class _LazyMixin:
 
     def _sparse_update_step(self, indices, values, variable, learning_rate):
         raise NotImplementedError
+
+    def _row_slots(self, variable):
+        """`[(slot, initial value)]`: the per-row state of `variable`."""
+        return []
+
+    def _reset_reassigned_rows(self, variable, indices):
+        # A `DynamicEmbedding` marks the rows it hands to a new id in a
+        # boolean variable beside its table (`_keras_lookup_reassigned`):
+        # before their first update, their slots go back to their initial
+        # value, so that a new id starts with fresh moments, and the mark is
+        # cleared.
+        marks = getattr(_tf_variable(variable), "_keras_lookup_reassigned", None)
+        if marks is None:
+            return
+        rows = tf.boolean_mask(indices, tf.gather(marks, indices))
+        for slot, initial in self._row_slots(variable):
+            shape = tf.concat([tf.shape(rows), tf.shape(slot)[1:]], 0)
+            fill = tf.fill(shape, tf.constant(initial, slot.dtype))
+            self.assign(slot, tf.IndexedSlices(fill, rows))
+        marks.scatter_update(tf.IndexedSlices(tf.zeros(tf.shape(rows), tf.bool), rows))
 
     def _gather(self, variable, indices):
         rows = tf.gather(_tf_variable(variable), indices)

@@ -167,6 +167,13 @@ class LazyAdam(_LazyMixin, keras.optimizers.Adam):
         delta = (m * alpha) / (ops.sqrt(v) + self.epsilon)
         self._subtract_rows(variable, indices, delta, learning_rate)
 
+    def _row_slots(self, variable):
+        index = self._get_variable_index(variable)
+        slots = [self._momentums[index], self._velocities[index]]
+        if self.amsgrad:
+            slots.append(self._velocity_hats[index])
+        return [(slot, 0.0) for slot in slots]
+
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
 class LazySGD(_LazyMixin, keras.optimizers.SGD):
@@ -260,6 +267,11 @@ class LazySGD(_LazyMixin, keras.optimizers.SGD):
         else:
             self._subtract_rows(variable, indices, -m, learning_rate)
 
+    def _row_slots(self, variable):
+        if self.momentum == 0:
+            return []
+        return [(self.momentums[self._get_variable_index(variable)], 0.0)]
+
 
 @keras.saving.register_keras_serializable(package="keras_lookup")
 class LazyAdagrad(_LazyMixin, keras.optimizers.Adagrad):
@@ -343,6 +355,10 @@ class LazyAdagrad(_LazyMixin, keras.optimizers.Adagrad):
         self._scatter(acc_var, indices, acc)
         delta = (learning_rate * values) / ops.sqrt(acc + self.epsilon)
         self._subtract_rows(variable, indices, delta, learning_rate)
+
+    def _row_slots(self, variable):
+        accumulator = self._accumulators[self._get_variable_index(variable)]
+        return [(accumulator, self.initial_accumulator_value)]
 
 
 for _cls in (LazyAdam, LazySGD, LazyAdagrad):
