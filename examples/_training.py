@@ -26,3 +26,11 @@ def describe_training(ran, best, args):
     else:
         why = f"reached the most epochs, {args.max_epochs}"
     return f"{epochs(ran)} ({why}); kept the weights of epoch {best}"
+
+
+def epochs_of(steps, per_pass):
+    """`(epochs, steps_per_epoch)` for `steps` steps, in epochs of at most a
+    pass over the data (`per_pass` batches) and as even as they can be; their
+    product is `steps` rounded up to a multiple of the epochs."""
+    epochs = max(1, -(-steps // max(per_pass, 1)))
+    return epochs, -(-steps // epochs)

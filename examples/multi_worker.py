@@ -9,36 +9,40 @@ weights, takes its slice of each global batch, and the gradients are summed
 across workers (the table's `tf.IndexedSlices` by all-gather) before every
 worker applies the same update.
 
-The training loop is a custom one (`strategy.run` in a `tf.function` step),
-not `model.fit`: Keras 3's `fit` fails under this strategy with two or more
-workers, with Keras's own layers too (keras-team/keras#20585, #20329;
-tensorflow/tensorflow#72388). See the README's "Beyond one machine".
+Training is `keras_lookup.distribute.fit`: Keras's own loop (progress bar on
+the chief, validation on the held-out paragraphs each epoch, callbacks), which
+Keras 3's `model.fit` cannot run under this strategy with two or more workers
+(keras-team/keras#20585, #20329; tensorflow/tensorflow#72388).
 
 Usage:
 
     # N worker processes on this machine (127.0.0.1, free ports):
     python examples/multi_worker.py --local-workers 2 --quick --out weights/
+    # the same model and global batches in one process, without a strategy:
+    python examples/multi_worker.py --single-process --quick --out reference/
     # one worker of a real cluster: run on every host with its TF_CONFIG set
     TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
                 "task": {"type": "worker", "index": 0}}' \\
         python examples/multi_worker.py --checkpoint-dir /shared/ckpt
 
-With `--checkpoint-dir`, a checkpoint (weights, optimizer slots and
-iteration count, and the step, from which the data position follows) is
-written every `--checkpoint-every` steps and at the end; run the same
-command again after a crash and training resumes from the last one, ending
-with the weights an uninterrupted run ends with. The checkpoint folder must
-be readable by every worker (one folder here; shared storage on real hosts).
+Without `TF_CONFIG`, `--local-workers` or `--single-process`, it runs 2 local
+workers (`--local-workers 2`) and says so. With `--checkpoint-dir`,
+`keras_lookup.distribute.BackupAndRestore` backs the run up (weights,
+optimizer slots and iteration count, metrics, data position) every
+`--checkpoint-every` steps; run the same command again after a crash and
+training resumes at the last backup's step, ending with the weights an
+uninterrupted run ends with. The folder must be readable by every worker (one
+folder here; shared storage on real hosts); only the chief writes it.
 
 Test hooks (environment variables read by the chief worker only, used by
 `tests/test_multi_worker.py` to kill a run at a deterministic point):
 
 - `MULTI_WORKER_TEST_KILL_AFTER_STEP=S`: the chief SIGKILLs itself right after
-  step S (pick an S between two checkpoints).
-- `MULTI_WORKER_TEST_KILL_IN_SAVE=S`: during the save of the checkpoint of step
-  S, after its files are written and before `tf.train.CheckpointManager`
-  records it, the chief truncates the new data file to half (as an
-  interrupted write leaves it) and SIGKILLs itself.
+  step S (pick an S between two backups).
+- `MULTI_WORKER_TEST_KILL_IN_SAVE=S`: during the backup of step S, after its
+  files are written and before `tf.train.CheckpointManager` records it, the
+  chief truncates the new data file to half (as an interrupted write leaves
+  it) and SIGKILLs itself.
 """
 
 import argparse
@@ -51,11 +55,14 @@ import time
 
 import _data
 import _launcher
+import _training
 import numpy as np
 
 KILL_AFTER_STEP = "MULTI_WORKER_TEST_KILL_AFTER_STEP"
 KILL_IN_SAVE = "MULTI_WORKER_TEST_KILL_IN_SAVE"
 MODELS = ("embedding", "reducer")
+# Without TF_CONFIG or a choice: this many workers, on 127.0.0.1.
+DEFAULT_WORKERS = 2
 # Settings per mode; any of them can be overridden from the command line.
 MODES = {
     "full": {
@@ -79,8 +86,8 @@ MODES = {
         "timeout": 300.0,
     },
 }
-# What the data order and the model depend on: a checkpoint folder written
-# with other values cannot be resumed from.
+# What the data order and the model depend on: a backup folder written with
+# other values cannot be resumed from.
 RUN_KEYS = (
     "model",
     "task",
@@ -90,6 +97,7 @@ RUN_KEYS = (
     "batch_size",
     "learning_rate",
     "seed",
+    "steps",
 )
 
 
@@ -97,19 +105,29 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=(
             "Train a keras_lookup text classifier (State of the Union "
-            "paragraphs) with LazyAdam under MultiWorkerMirroredStrategy, on "
-            "N local worker processes (--local-workers N) or as one worker of "
-            "the cluster described by the TF_CONFIG environment variable. "
-            "With --checkpoint-dir it resumes exactly after being killed."
+            "paragraphs) with LazyAdam under MultiWorkerMirroredStrategy, "
+            "through keras_lookup.distribute.fit, on N local worker processes "
+            "(--local-workers N), as one worker of the cluster described by the "
+            "TF_CONFIG environment variable, or in one process "
+            "(--single-process). With --checkpoint-dir it resumes exactly after "
+            "being killed."
         ),
     )
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--local-workers",
         type=int,
         metavar="N",
         help="start N worker processes of this script on 127.0.0.1 (free ports "
         "picked at run time) and wait for them; without it, this process is "
-        "one worker and reads TF_CONFIG (no TF_CONFIG: a single worker)",
+        "one worker and reads TF_CONFIG (no TF_CONFIG: "
+        f"--local-workers {DEFAULT_WORKERS})",
+    )
+    where.add_argument(
+        "--single-process",
+        action="store_true",
+        help="train in this process without any strategy, on the same global "
+        "batches (the reference)",
     )
     parser.add_argument(
         "--quick",
@@ -139,13 +157,13 @@ def parse_args(argv=None):
     parser.add_argument(
         "--checkpoint-dir",
         metavar="DIR",
-        help="checkpoint every --checkpoint-every steps into DIR, and resume "
-        "from the last checkpoint there when started again",
+        help="back up every --checkpoint-every steps into DIR, and resume "
+        "from the last backup there when started again",
     )
     for flag, kind, text in (
-        ("--steps", int, "training steps (global batches)"),
+        ("--steps", int, "training steps (global batches; rounded up to whole epochs)"),
         ("--batch-size", int, "global batch size, split evenly over the workers"),
-        ("--checkpoint-every", int, "steps between checkpoints"),
+        ("--checkpoint-every", int, "steps between backups"),
         ("--vocab-size", int, "vocabulary size, padding and unknown-word ids included"),
         ("--max-length", int, "token ids kept per paragraph"),
         ("--dim", int, "embedding dimension"),
@@ -327,7 +345,7 @@ def batch_rows(train, step, batch_size, seed):
     A pure function of the step: each epoch is its own permutation of the
     training examples (seeded by `seed` and the epoch), cut into batches
     (the last partial batch dropped). A resumed run recomputes its data
-    position from the step saved in the checkpoint.
+    position from the step saved in the backup.
     """
     per_epoch = len(train) // batch_size
     epoch, position = divmod(step, per_epoch)
@@ -386,7 +404,13 @@ def build_model(args, num_classes):
             name="bag_of_words",
         )(ids)
     out = keras_lookup.Dense(num_classes, activation="softmax", name="classes")(x)
-    return keras.Model(ids, out, name=f"multi_worker_{args.model}")
+    model = keras.Model(ids, out, name=f"multi_worker_{args.model}")
+    model.compile(
+        keras_lookup.optimizers.LazyAdam(args.learning_rate),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
 
 
 def _kill_self(why):
@@ -396,7 +420,7 @@ def _kill_self(why):
 
 def _truncate_and_kill(save_path):
     # Runs as a write callback of the save, before the CheckpointManager's own
-    # callback that records the new checkpoint in the `checkpoint` file.
+    # callback that records the new backup in the `checkpoint` file.
     for name in os.listdir(os.path.dirname(save_path)):
         if name.startswith(os.path.basename(save_path) + ".data-"):
             path = os.path.join(os.path.dirname(save_path), name)
@@ -414,10 +438,10 @@ def _hook_step(name):
 
 
 def _check_run_config(path, record, is_chief):
-    """Refuses to resume from a checkpoint folder written with other settings."""
-    # Before the first checkpoint there is nothing to resume: new settings win.
-    has_checkpoint = os.path.exists(os.path.join(os.path.dirname(path), "checkpoint"))
-    if has_checkpoint and os.path.exists(path):
+    """Refuses to resume from a backup folder written with other settings."""
+    # Before the first backup there is nothing to resume: new settings win.
+    has_backup = os.path.exists(os.path.join(os.path.dirname(path), "checkpoint"))
+    if has_backup and os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
         changed = [k for k in RUN_KEYS if saved.get(k) != record[k]]
@@ -426,7 +450,7 @@ def _check_run_config(path, record, is_chief):
                 f"{k}: {saved.get(k)!r} there, {record[k]!r} now" for k in changed
             )
             _data.fail(
-                f"the checkpoint folder {os.path.dirname(path)!r} was written with "
+                f"the backup folder {os.path.dirname(path)!r} was written with "
                 f"other settings ({details}); resuming would not give the run "
                 "you asked for. Pass the same settings, or a new --checkpoint-dir."
             )
@@ -437,26 +461,47 @@ def _check_run_config(path, record, is_chief):
         os.replace(temp, path)
 
 
-def _remove_leftovers(tf, folder):
-    # A save killed while TensorFlow writes its shards leaves a folder
-    # `ckpt-N_temp` (and one killed while the state file is replaced, a
-    # `checkpoint.tmp...` file) that no checkpoint refers to and that
-    # `tf.train.CheckpointManager` never deletes: kill after kill, they pile up.
-    leftovers = tf.io.gfile.glob(os.path.join(folder, "ckpt-*_temp"))
-    leftovers += tf.io.gfile.glob(os.path.join(folder, "checkpoint.tmp*"))
-    for path in leftovers:
-        if tf.io.gfile.isdir(path):
-            tf.io.gfile.rmtree(path)
-        else:
-            tf.io.gfile.remove(path)
-    if leftovers:
-        names = ", ".join(os.path.basename(p) for p in leftovers)
-        print(f"removed leftovers of interrupted saves: {names}", flush=True)
+def callbacks_for(args, keras, tf, is_chief):
+    """BackupAndRestore (with `--checkpoint-dir`) and the test hooks."""
+    import keras_lookup
+
+    kill_after = _hook_step(KILL_AFTER_STEP) if is_chief else None
+    kill_in_save = _hook_step(KILL_IN_SAVE) if is_chief else None
+    callbacks = []
+    if args.checkpoint_dir:
+
+        class Backup(keras_lookup.distribute.BackupAndRestore):
+            def _write_options(self):
+                if self._position.steps != kill_in_save:
+                    return None
+                return tf.train.CheckpointOptions(
+                    experimental_write_callbacks=[_truncate_and_kill]
+                )
+
+        callbacks.append(Backup(args.checkpoint_dir, save_freq=args.checkpoint_every))
+
+    class KillAfter(keras.callbacks.Callback):
+        step = 0
+
+        def on_train_begin(self, logs=None):
+            # The steps of the run so far, those before a resume included.
+            if callbacks and callbacks[0]._position is not None:
+                self.step = callbacks[0]._position.steps
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.step += 1
+            if self.step == kill_after:
+                _kill_self(f"{KILL_AFTER_STEP}: killed after step {self.step}")
+
+    return callbacks + [KillAfter()]
 
 
 def worker(args):
     began = time.perf_counter()
-    task_index, num_workers = cluster_info()
+    if args.single_process:
+        task_index, num_workers = 0, 1
+    else:
+        task_index, num_workers = cluster_info()
     if args.batch_size % num_workers:
         _data.fail(
             f"--batch-size {args.batch_size} does not split evenly over "
@@ -469,9 +514,6 @@ def worker(args):
             f"--batch-size {args.batch_size} is larger than the {len(train)} "
             "training examples; pass a smaller one."
         )
-    kill_after = _hook_step(KILL_AFTER_STEP) if is_chief else None
-    kill_in_save = _hook_step(KILL_IN_SAVE) if is_chief else None
-
     if args.checkpoint_dir:
         os.makedirs(args.checkpoint_dir, exist_ok=True)
         record = {k: getattr(args, k) for k in RUN_KEYS}
@@ -486,141 +528,70 @@ def worker(args):
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     # Before any other TensorFlow op: collectives are configured at start-up.
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = None
+    if not args.single_process:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
     joined = time.perf_counter() - began
     import keras
 
-    from keras_lookup.optimizers import LazyAdam
+    import keras_lookup
 
-    if strategy.num_replicas_in_sync != num_workers:
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    if replicas != num_workers:
         _data.fail(
-            f"expected one replica per worker ({num_workers}), got "
-            f"{strategy.num_replicas_in_sync}; this example runs on CPU, one "
-            "device per worker (hide GPUs with CUDA_VISIBLE_DEVICES=)."
+            f"expected one replica per worker ({num_workers}), got {replicas}; "
+            "this example runs on CPU, one device per worker (hide GPUs with "
+            "CUDA_VISIBLE_DEVICES=)."
         )
-    per_replica = args.batch_size // num_workers
     print(
         f"worker {task_index} of {num_workers}: {len(train):,} training and "
-        f"{len(test):,} held-out paragraphs; {per_replica} of each global batch "
-        f"of {args.batch_size}; data, TensorFlow and the cluster ready in "
-        f"{joined:.1f} s.",
+        f"{len(test):,} held-out paragraphs; {args.batch_size // num_workers} of "
+        f"each global batch of {args.batch_size}; data, TensorFlow and the "
+        f"cluster ready in {joined:.1f} s.",
         flush=True,
     )
 
     keras.utils.set_random_seed(args.seed)
-    with strategy.scope():
+    if strategy:
+        with strategy.scope():
+            model = build_model(args, len(class_names))
+    else:
         model = build_model(args, len(class_names))
-        optimizer = LazyAdam(args.learning_rate)
-        # Built now, so that a checkpoint restores into existing slots.
-        optimizer.build(model.trainable_variables)
-        step_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-
-    start = 0
-    manager = None
-    if args.checkpoint_dir:
-        checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=optimizer, step=step_variable
-        )
-        # TensorFlow's multi-worker pattern: every worker saves (saving may
-        # need collectives), only the chief into the real folder; the others
-        # write to a folder of their own that is deleted after each save.
-        write_dir = args.checkpoint_dir
-        if not is_chief:
-            write_dir = os.path.join(args.checkpoint_dir, f"workertemp_{task_index}")
-        manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=2)
-        if is_chief:
-            _remove_leftovers(tf, args.checkpoint_dir)
-        latest = tf.train.latest_checkpoint(args.checkpoint_dir)
-        if latest is not None:
-            checkpoint.restore(latest).assert_existing_objects_matched()
-            start = int(step_variable.numpy())
-            if start != int(optimizer.iterations.numpy()):
-                _data.fail(
-                    f"checkpoint {latest!r} is inconsistent (step != iterations)."
-                )
-            print(f"resumed from step {start}", flush=True)
-
-    def dataset_fn(context):
-        # One element per step: this worker's rows of each global batch, from
-        # the step training starts at (the data position) to the end.
-        worker_index = context.input_pipeline_id
-        rows = np.stack(
-            [
-                batch_rows(train, step, args.batch_size, args.seed)
-                for step in range(start, max(args.steps, start + 1))
-            ]
-        )[:, worker_index * per_replica : (worker_index + 1) * per_replica]
-        return tf.data.Dataset.from_tensor_slices((ids[rows], y[rows]))
-
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-
-    sparse_paths = []
-
-    @tf.function
-    def train_step(batch):
-        def step_fn(x, labels):
-            with tf.GradientTape() as tape:
-                probabilities = model(x, training=True)
-                per_example = keras.losses.sparse_categorical_crossentropy(
-                    labels, probabilities
-                )
-                # Divided by the global batch size: summed over the workers
-                # (the optimizer all-reduces gradients with SUM) this is the
-                # gradient of the mean loss over the global batch.
-                loss = tf.nn.compute_average_loss(
-                    per_example, global_batch_size=args.batch_size
-                )
-            gradients = tape.gradient(loss, model.trainable_variables)
-            # Noted while tracing: which variables get a row-sparse gradient.
-            sparse_paths[:] = [
-                v.path
-                for g, v in zip(gradients, model.trainable_variables, strict=True)
-                if isinstance(g, tf.IndexedSlices)
-            ]
-            optimizer.apply(gradients, model.trainable_variables)
-            return loss
-
-        losses = strategy.run(step_fn, args=batch)
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
-
-    def save(step):
-        step_variable.assign(step)
-        options = None
-        if step == kill_in_save:
-            options = tf.train.CheckpointOptions(
-                experimental_write_callbacks=[_truncate_and_kill]
-            )
-        manager.save(checkpoint_number=step, options=options)
-        if not is_chief:
-            tf.io.gfile.rmtree(write_dir)
-
-    started = time.perf_counter()
-    loss = float("nan")
-    for step in range(start + 1, args.steps + 1):
-        loss = float(train_step(next(iterator)))
-        if step == start + 1 and is_chief:
-            print(
-                "row-sparse (tf.IndexedSlices) gradients, all-gathered across "
-                f"workers: {', '.join(sparse_paths) or 'none'}",
-                flush=True,
-            )
-        if step == kill_after:
-            _kill_self(f"{KILL_AFTER_STEP}: killed after step {step}")
-        if manager is not None and (
-            step % args.checkpoint_every == 0 or step == args.steps
-        ):
-            save(step)
-        if is_chief and (step % 10 == 0 or step == args.steps):
-            print(f"step {step}/{args.steps}: loss {loss:.4f}", flush=True)
-    seconds = time.perf_counter() - started
-
-    # Each worker scores its own copy of the weights (identical on all).
-    predictions = np.concatenate(
-        [model(ids[test[i : i + 512]]).numpy() for i in range(0, len(test), 512)]
+    epochs, steps_per_epoch = _training.epochs_of(
+        args.steps, len(train) // args.batch_size
     )
-    accuracy = float(np.mean(np.argmax(predictions, axis=-1) == y[test]))
+    steps = epochs * steps_per_epoch
+    # One element per step: its global batch (each worker takes its share).
+    rows = np.stack(
+        [batch_rows(train, s, args.batch_size, args.seed) for s in range(steps)]
+    )
+    global_batches = tf.data.Dataset.from_tensor_slices((ids[rows], y[rows]))
+
+    class Progress(keras.callbacks.Callback):
+        steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+
+    progress = Progress()
+    started = time.perf_counter()
+    history = keras_lookup.distribute.fit(
+        model,
+        global_batches,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=(ids[test], y[test]),
+        # Large batches: each costs a round of collectives, not much compute.
+        validation_batch_size=512 * num_workers,
+        callbacks=[*callbacks_for(args, keras, tf, is_chief), progress],
+        verbose=_training_verbose(),
+    )
+    seconds = time.perf_counter() - started
+    resumed_from = steps - progress.steps
+    loss = history.history["loss"][-1]
+    accuracy = history.history["val_accuracy"][-1]
     variables = {v.path: np.asarray(v.numpy()) for v in model.weights}
-    variables.update({v.path: np.asarray(v.numpy()) for v in optimizer.variables})
+    variables.update({v.path: np.asarray(v.numpy()) for v in model.optimizer.variables})
     where = ""
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -628,16 +599,16 @@ def worker(args):
         np.savez(path, **variables)
         where = f", weights in {path}"
     print(
-        f"worker {task_index}: trained steps {start + 1}-{args.steps} in "
-        f"{seconds:.1f} s, last loss {loss:.4f}, held-out accuracy "
+        f"worker {task_index}: trained steps {resumed_from + 1}-{steps} in "
+        f"{seconds:.1f} s, last epoch's loss {loss:.4f}, held-out accuracy "
         f"{accuracy:.1%}{where}",
         flush=True,
     )
     result = {
         "model": args.model,
-        "steps": args.steps,
+        "steps": steps,
         "batch_size": args.batch_size,
-        "resumed_from": start,
+        "resumed_from": resumed_from,
         "loss": loss,
         "accuracy": accuracy,
     }
@@ -646,9 +617,28 @@ def worker(args):
     return result, task_index, num_workers
 
 
+def _training_verbose():
+    # Keras's bar in a terminal; one line an epoch in a log or a pipe.
+    return 1 if sys.stdout.isatty() else 2
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if (
+        args.local_workers is None
+        and not args.single_process
+        and not args.launched
+        and "TF_CONFIG" not in os.environ
+    ):
+        print(
+            f"No TF_CONFIG, --local-workers or --single-process: running "
+            f"{DEFAULT_WORKERS} local workers on 127.0.0.1 (--local-workers "
+            f"{DEFAULT_WORKERS}). Set TF_CONFIG to be one worker of a cluster on "
+            "real hosts.",
+            flush=True,
+        )
+        args.local_workers = DEFAULT_WORKERS
     if args.local_workers is not None:
         launch(args, argv)
         return
@@ -661,8 +651,9 @@ def main(argv=None):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+    where = "one process" if args.single_process else f"worker {task_index}"
     print(
-        f"\nSummary (worker {task_index} of {num_workers}): {r['model']} model, "
+        f"\nSummary: {where} of {num_workers}, {r['model']} model, "
         f"{r['steps']} steps of {r['batch_size']} examples: final loss "
         f"{r['loss']:.4f}, held-out accuracy {r['accuracy']:.1%}."
     )

@@ -7,10 +7,12 @@ buckets, not with a vocabulary). Each paragraph is one bag of hashed ids,
 averaged by `keras_lookup.Embedding(combiner="mean")` and classified by
 `keras_lookup.Dense`. Under `tf.distribute.ParameterServerStrategy` with a
 `variable_partitioner`, the table (and its optimizer slots) is split by rows
-across the ps tasks, each built in place on its task; the coordinator
-schedules steps on the workers with `ClusterCoordinator`, each step reading
-only the rows its batch needs and updating them on the ps task that holds
-them.
+across the ps tasks, each built in place on its task; training is
+`keras_lookup.distribute.fit`, Keras's own loop (progress bar, validation on
+the held-out paragraphs each epoch, callbacks), which schedules the steps on
+the workers with `ClusterCoordinator`: each worker reads its own batches, and
+each step reads only the rows its batch needs and updates them on the ps task
+that holds them. The same script trains in one process (`--single-process`).
 
 Usage:
 
@@ -25,16 +27,20 @@ Usage:
                 "task": {"type": "ps", "index": 0}}' \\
         python examples/parameter_server.py --checkpoint-dir /shared/ckpt
 
-With `--local-cluster`, a worker process that dies is started again (as a
-cluster manager would), and the coordinator reschedules its steps; a ps task
-that dies ends the run with a message (with `--checkpoint-dir`, the same
-command then resumes from the last checkpoint). `--out DIR` writes the trained
-state with `keras_lookup.save_state` (the logical, unsharded view, written
-part by part, 64 MiB at a time) and `DIR/summary.json`.
+Without `TF_CONFIG`, `--local-cluster` or `--single-process`, it runs a small
+local cluster (`--local-cluster 2,2`) and says so. With `--local-cluster`, a
+worker process that dies is started again (as a cluster manager would), and
+the coordinator reschedules its steps; a ps task that dies ends the run with a
+message. With `--checkpoint-dir`, `keras_lookup.distribute.BackupAndRestore`
+backs the run up every `--checkpoint-every` steps, and the same command run
+again after a crash resumes at the last backup's step (with one worker, it then
+ends with the weights of an uninterrupted run). `--out DIR` writes the trained
+state with `keras_lookup.save_state` (the logical, unsharded view, written part
+by part, 64 MiB at a time) and `DIR/summary.json`.
 
 Test hooks (environment variables read by the coordinator):
 `PARAMETER_SERVER_TEST_KILL_AFTER_STEP=S` SIGKILLs the coordinator (its
-children die with it) right after the checkpoint of step S;
+children die with it) right after step S (after its backup, if one is due);
 `PARAMETER_SERVER_TEST_KILL_TASK="worker 0@S"` (or `"ps 1@S"`) SIGKILLs that
 task of `--local-cluster` once step S is scheduled.
 """
@@ -50,11 +56,15 @@ import time
 
 import _data
 import _launcher
+import _training
 import numpy as np
 
 KILL_AFTER_STEP = "PARAMETER_SERVER_TEST_KILL_AFTER_STEP"
 KILL_TASK = "PARAMETER_SERVER_TEST_KILL_TASK"
 OPTIMIZERS = ("lazy_adam", "lazy_adagrad", "rowwise_adagrad", "rowwise_adam")
+TABLE_DTYPES = ("float32", "bfloat16", "float16")
+# Without TF_CONFIG or a choice: this cluster, on 127.0.0.1.
+DEFAULT_CLUSTER = "2,2"
 MODES = {
     "full": {
         "buckets": 2**22,
@@ -85,7 +95,8 @@ def parse_args(argv=None):
     where.add_argument(
         "--local-cluster",
         metavar="W,P",
-        help="start W worker and P ps processes on 127.0.0.1; coordinate here",
+        help="start W worker and P ps processes on 127.0.0.1; coordinate here "
+        f"(the default without TF_CONFIG: {DEFAULT_CLUSTER})",
     )
     where.add_argument(
         "--single-process",
@@ -95,16 +106,25 @@ def parse_args(argv=None):
     parser.add_argument("--task-type", choices=("worker", "ps"), help=argparse.SUPPRESS)
     parser.add_argument("--task-index", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    parser.add_argument("--steps", type=int, help="training steps")
+    parser.add_argument(
+        "--steps", type=int, help="training steps (rounded up to whole epochs)"
+    )
     parser.add_argument("--buckets", type=int, help="hash buckets = table rows")
     parser.add_argument("--dim", type=int, help="embedding dimension")
+    parser.add_argument(
+        "--table-dtype",
+        choices=TABLE_DTYPES,
+        default="float32",
+        help="the dtype the table is stored in (half: half the memory per ps "
+        "task, stochastic rounding in the optimizer; default float32)",
+    )
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-ids", type=int, help="hashed ids kept per paragraph")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="rowwise_adagrad")
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="folder for save_state files + summary.json")
-    parser.add_argument("--checkpoint-dir", help="checkpoints; resume from there")
+    parser.add_argument("--checkpoint-dir", help="backups; resume from there")
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=3600.0)
     args = parser.parse_args(argv)
@@ -116,6 +136,10 @@ def parse_args(argv=None):
         args.learning_rate = LEARNING_RATES[args.optimizer]
     if args.buckets < 2:
         parser.error(f"--buckets must be at least 2; got {args.buckets}")
+    for key in ("steps", "batch_size", "max_ids", "dim", "checkpoint_every"):
+        if getattr(args, key) < 1:
+            flag = "--" + key.replace("_", "-")
+            parser.error(f"{flag} must be a positive integer; got {getattr(args, key)}")
     if args.local_cluster:
         try:
             workers, ps = (int(n) for n in args.local_cluster.split(","))
@@ -170,6 +194,45 @@ def batch_rows(train, step, batch_size, seed):
     return order[position * batch_size : (position + 1) * batch_size]
 
 
+def dataset_fn_for(ids, y, train, steps, args, tf):
+    """`dataset_fn(input_context)`: batch `s` of the run is step `s`'s rows.
+
+    Worker `i` of `n` (`input_context.input_pipeline_id`) reads the steps
+    `i, i + n, ...` (and again from `i` if it runs ahead of the others); one
+    worker, or one process, reads them all, in order.
+    """
+    rows = np.stack(
+        [batch_rows(train, s, args.batch_size, args.seed) for s in range(steps)]
+    )
+    # The rows travel to every task with the data function, which holds a few
+    # copies of them: only the training rows used, their ids without the
+    # padding, in int32 (the buckets fit).
+    used = np.unique(rows)
+    local = np.searchsorted(used, rows).astype("int32")
+    kept = ids[used]
+    lengths = (kept != 0).sum(axis=1)  # padding (0) only at the ends
+    flat = kept[kept != 0].astype("int32")
+    splits = np.concatenate([[0], np.cumsum(lengths)]).astype("int64")
+    labels = y[used]
+
+    def dataset_fn(context):
+        table = tf.RaggedTensor.from_row_splits(flat, splits)
+        steps_rows = tf.data.Dataset.from_tensor_slices(local)
+        # The coordinator gives each step to whichever worker is free: with
+        # several, a faster one reads on into its shard's next pass.
+        steps_rows = steps_rows.shard(
+            context.num_input_pipelines, context.input_pipeline_id
+        ).repeat()
+
+        def batch(r):
+            bags = tf.gather(table, r).to_tensor(shape=[None, args.max_ids])
+            return tf.cast(bags, tf.int64), tf.gather(labels, r)
+
+        return steps_rows.map(batch)
+
+    return dataset_fn
+
+
 # ---------------------------------------------------------------------------
 # Model and training, the same with and without a strategy.
 
@@ -180,7 +243,12 @@ def build(args, keras):
     keras.utils.set_random_seed(args.seed)
     ids = keras.Input((args.max_ids,), dtype="int64", name="hashed_ids")
     x = keras_lookup.Embedding(
-        args.buckets, args.dim, combiner="mean", mask_zero=True, name="embedding"
+        args.buckets,
+        args.dim,
+        combiner="mean",
+        mask_zero=True,
+        table_dtype=args.table_dtype,
+        name="embedding",
     )(ids)
     logits = keras_lookup.Dense(3, name="classifier")(x)
     model = keras.Model(ids, logits)
@@ -191,34 +259,12 @@ def build(args, keras):
         "rowwise_adagrad": optimizers.LazyRowwiseAdagrad,
         "rowwise_adam": optimizers.LazyRowwiseAdam,
     }[args.optimizer](args.learning_rate)
-    optimizer.build(model.trainable_variables)
-    model.optimizer = optimizer
+    model.compile(
+        optimizer,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     return model
-
-
-def train_fn(model, keras, tf):
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            loss = tf.reduce_mean(
-                keras.losses.sparse_categorical_crossentropy(
-                    y, logits, from_logits=True
-                )
-            )
-        grads = tape.gradient(loss, model.trainable_variables)
-        model.optimizer.apply(grads, model.trainable_variables)
-        return loss
-
-    return step
-
-
-def evaluate(model, x, y, batch=128):
-    # On the coordinator: each batch reads only its rows from the ps tasks.
-    correct = 0
-    for start in range(0, len(x), batch):
-        logits = np.asarray(model(x[start : start + batch]))
-        correct += int((logits.argmax(-1) == y[start : start + batch]).sum())
-    return correct / len(x)
 
 
 def table_layout(model):
@@ -231,7 +277,63 @@ def table_layout(model):
     return out
 
 
-def run(args, strategy=None, coordinator=None, launcher=None):
+def test_hooks(keras, launcher, backup):
+    """Callbacks for the test hooks (see the module docstring)."""
+    kill_after = int(os.environ.get(KILL_AFTER_STEP, -1))
+    kill_task, _, kill_task_at = os.environ.get(KILL_TASK, "@-1").partition("@")
+    kill_task_at = int(kill_task_at)
+
+    class Hooks(keras.callbacks.Callback):
+        step = 0
+
+        def on_train_begin(self, logs=None):
+            # The steps of the run so far, those before a resume included.
+            if backup is not None:
+                self.step = backup._position.steps
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.step += 1
+            if self.step == kill_task_at and launcher:
+                child = next(c for c in launcher.children if c.name == kill_task)
+                print(
+                    f"test hook: killing {kill_task} (pid {child.pid}) at step "
+                    f"{self.step}"
+                )
+                sys.stdout.flush()
+                os.kill(child.pid, signal.SIGKILL)
+            if self.step == kill_after:
+                print(f"test hook: killing the coordinator after step {self.step}")
+                sys.stdout.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return Hooks()
+
+
+class StepTimer:
+    """Wall time of training steps 10 onwards (a Keras callback's hooks)."""
+
+    def __init__(self, keras):
+        timer = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                timer.steps += 1
+                if timer.steps == 10:
+                    timer.warm = time.perf_counter()
+
+            def on_train_end(self, logs=None):
+                timer.end = time.perf_counter()
+
+        self.callback = Callback()
+        self.steps, self.warm, self.end = 0, None, None
+
+    def per_step(self):
+        if self.warm is None or self.end is None or self.steps <= 10:
+            return None
+        return (self.end - self.warm) / (self.steps - 10)
+
+
+def run(args, strategy=None, launcher=None):
     from _startup import import_keras
 
     keras, tf = import_keras()
@@ -242,76 +344,47 @@ def run(args, strategy=None, coordinator=None, launcher=None):
     with scope:
         model = build(args, keras)
     layout = table_layout(model)
-    table_bytes = args.buckets * args.dim * 4
+    bytes_per_entry = 4 if args.table_dtype == "float32" else 2
+    table_bytes = args.buckets * args.dim * bytes_per_entry
     print(
-        f"Table: {args.buckets:,} rows x {args.dim} = {table_bytes / 2**30:.2f} GiB "
-        f"in {len(layout)} part(s): "
+        f"Table: {args.buckets:,} rows x {args.dim} {args.table_dtype} = "
+        f"{table_bytes / 2**30:.2f} GiB in {len(layout)} part(s): "
         + ", ".join(f"{p['rows']:,} rows on {p['device']}" for p in layout)
     )
-    step_fn = train_fn(model, keras, tf)
-    if strategy:
-        step = tf.function(lambda x, y: strategy.run(step_fn, args=(x, y)))
-    else:
-        step = tf.function(step_fn)
-
-    start_step, manager = 0, None
+    epochs, steps_per_epoch = _training.epochs_of(
+        args.steps, len(train) // args.batch_size
+    )
+    steps = epochs * steps_per_epoch
+    timer = StepTimer(keras)
+    backup = None
     if args.checkpoint_dir:
-        checkpoint = tf.train.Checkpoint(model=model)
-        manager = tf.train.CheckpointManager(checkpoint, args.checkpoint_dir, 3)
-        if manager.latest_checkpoint:
-            checkpoint.read(manager.latest_checkpoint).assert_existing_objects_matched()
-            start_step = int(manager.latest_checkpoint.rsplit("-", 1)[1])
-            print(f"resumed from step {start_step}")
-    kill_after = int(os.environ.get(KILL_AFTER_STEP, -1))
-    kill_task, _, kill_task_at = os.environ.get(KILL_TASK, "@-1").partition("@")
-    kill_task_at = int(kill_task_at)
-
-    def save(done):
-        if coordinator:
-            coordinator.join()
-        manager.save(checkpoint_number=done)
-        print(f"checkpoint at step {done}")
-        sys.stdout.flush()
-        if done == kill_after:
-            print(f"test hook: killing the coordinator after step {done}")
-            sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
-
+        backup = keras_lookup.distribute.BackupAndRestore(
+            args.checkpoint_dir, save_freq=args.checkpoint_every
+        )
+    callbacks = [c for c in (backup, timer.callback) if c is not None]
+    callbacks.append(test_hooks(keras, launcher, backup))
     began = time.perf_counter()
-    warm, warm_step = None, None
-    losses = []
-    for i in range(start_step, args.steps):
-        rows = batch_rows(train, i, args.batch_size, args.seed)
-        x, labels = tf.constant(ids[rows]), tf.constant(y[rows])
-        if coordinator:
-            losses.append(coordinator.schedule(step, args=(x, labels)))
-        else:
-            losses.append(step(x, labels))
-        if i == kill_task_at and launcher:
-            child = next(c for c in launcher.children if c.name == kill_task)
-            print(f"test hook: killing {kill_task} (pid {child.pid}) at step {i}")
-            sys.stdout.flush()
-            os.kill(child.pid, signal.SIGKILL)
-        if i + 1 - start_step == 10:
-            if coordinator:
-                coordinator.join()
-            warm, warm_step = time.perf_counter(), i + 1
-        done = i + 1
-        if manager and (done % args.checkpoint_every == 0 or done == args.steps):
-            save(done)
-    if coordinator:
-        coordinator.join()
-    ended = time.perf_counter()
-    last_loss = float(losses[-1].fetch() if coordinator else losses[-1])
-    per_step = None
-    if warm is not None and args.steps > warm_step:
-        per_step = (ended - warm) / (args.steps - warm_step)
-    accuracy = evaluate(model, ids[test], y[test])
+    history = keras_lookup.distribute.fit(
+        model,
+        dataset_fn_for(ids, y, train, steps, args, tf),
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=(ids[test], y[test]),
+        validation_batch_size=256,
+        callbacks=callbacks,
+        verbose=1,
+    )
+    seconds = time.perf_counter() - began
+    resumed_from = steps - timer.steps
+    accuracy = history.history["val_accuracy"][-1]
+    last_loss = history.history["loss"][-1]
+    per_step = timer.per_step()
     baseline = float(np.bincount(y[test]).max() / len(test))
     print(
-        f"Trained steps {start_step}..{args.steps} in {ended - began:.1f} s"
+        f"Trained steps {resumed_from}..{steps} ({epochs} epoch(s) of "
+        f"{steps_per_epoch}) in {seconds:.1f} s"
         + (f" ({per_step * 1000:.1f} ms a step after 10)" if per_step else "")
-        + f"; final loss {last_loss:.4f}; held-out accuracy {accuracy:.1%} "
+        + f"; last epoch's loss {last_loss:.4f}; held-out accuracy {accuracy:.1%} "
         f"(majority-class baseline {baseline:.1%})."
     )
     if args.out:
@@ -328,12 +401,15 @@ def run(args, strategy=None, coordinator=None, launcher=None):
         _data.write_json(
             os.path.join(args.out, "summary.json"),
             {
-                "steps": args.steps,
-                "resumed_from": start_step,
+                "steps": steps,
+                "epochs": epochs,
+                "resumed_from": resumed_from,
                 "accuracy": accuracy,
                 "baseline": baseline,
                 "final_loss": last_loss,
+                "history": history.history,
                 "table_rows": args.buckets,
+                "table_dtype": args.table_dtype,
                 "table_bytes": table_bytes,
                 "shards": layout,
                 "seconds_per_step": per_step,
@@ -346,7 +422,7 @@ def run(args, strategy=None, coordinator=None, launcher=None):
 
 def ps_died(failure, args):
     resume = (
-        " Run the same command again to resume from the last checkpoint."
+        " Run the same command again to resume from the last backup."
         if args.checkpoint_dir
         else " (With --checkpoint-dir, the same command would resume.)"
     )
@@ -365,6 +441,8 @@ def serve(args):
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     config = tf.compat.v1.ConfigProto()
     if args.task_type == "worker":
+        # Without it, a worker hangs when the machine has fewer cores than
+        # workers + 1 (TensorFlow's own tutorial does the same).
         workers = len(resolver.cluster_spec().as_dict().get("worker", []))
         config.inter_op_parallelism_threads = workers + 1
     server = tf.distribute.Server(
@@ -391,11 +469,10 @@ def coordinate(args, resolver, launcher=None):
     strategy = tf.distribute.ParameterServerStrategy(
         resolver, variable_partitioner=partitioner
     )
-    coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
-    run(args, strategy, coordinator, launcher)
+    run(args, strategy, launcher)
 
 
-def local_cluster(args, argv):
+def local_cluster(args):
     ports = _launcher.free_ports(args.workers + args.ps)
     cluster = {
         "worker": [f"127.0.0.1:{p}" for p in ports[: args.workers]],
@@ -484,18 +561,22 @@ def main(argv=None):
     args = parse_args(argv)
     if args.task_type:
         return serve(args)
-    if args.local_cluster:
-        return local_cluster(args, argv)
     if args.single_process:
         return run(args)
+    if not args.local_cluster and "TF_CONFIG" not in os.environ:
+        args.workers, args.ps = (int(n) for n in DEFAULT_CLUSTER.split(","))
+        print(
+            f"No TF_CONFIG, --local-cluster or --single-process: running a local "
+            f"cluster of {args.workers} workers and {args.ps} ps tasks on "
+            f"127.0.0.1 (--local-cluster {DEFAULT_CLUSTER}). Set TF_CONFIG (with "
+            '"chief", "worker" and "ps" tasks) to run on real hosts.'
+        )
+        args.local_cluster = DEFAULT_CLUSTER
+    if args.local_cluster:
+        return local_cluster(args)
     from _startup import import_keras
 
     _, tf = import_keras()
-    if "TF_CONFIG" not in os.environ:
-        _data.fail(
-            "choose --local-cluster W,P, --single-process, or set TF_CONFIG "
-            '(with "chief", "worker" and "ps" tasks) to run on a cluster.'
-        )
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     if resolver.task_type in ("worker", "ps"):
         args.task_type, args.task_index = resolver.task_type, resolver.task_id

@@ -17,7 +17,7 @@ if keras.backend.backend() != "tensorflow":
         "`export KERAS_BACKEND=tensorflow`)."
     )
 
-from keras_lookup import optimizers  # noqa: E402
+from keras_lookup import distribute, optimizers  # noqa: E402
 from keras_lookup.calibration import calibrate  # noqa: E402
 from keras_lookup.callbacks import DynamicEmbeddingCounters  # noqa: E402
 from keras_lookup.dense import Dense  # noqa: E402
@@ -31,6 +31,7 @@ __all__ = [
     "calibrate",
     "Dense",
     "DimensionReducer",
+    "distribute",
     "DynamicEmbedding",
     "DynamicEmbeddingCounters",
     "Embedding",

@@ -11,7 +11,6 @@ never dequantized or merged as a whole to look up a few rows.
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import quantizers
 
@@ -77,7 +76,8 @@ class LookupBase(keras.layers.Embedding):
         if self.built:
             return
         shape = (self.input_dim, self.output_dim)
-        if _sharded.plan(shape, self.variable_dtype) is not None:
+        stored = self.variable_dtype if self.table_dtype == "float32" else None
+        if _sharded.plan(shape, stored or self.table_dtype) is not None:
             return self._build_sharded(shape)
         # Large tables are filled in slices, with the same values (_tables).
         with _tables.in_place():
@@ -94,21 +94,22 @@ class LookupBase(keras.layers.Embedding):
             )
         if self.lora_rank:
             raise _sharded.not_shardable(self.name, "LoRA", "full fine-tuning")
+        initializer, dtype = self.embeddings_initializer, None
         if self.table_dtype != "float32":
-            raise NotImplementedError(
-                f"Layer '{self.name}' has its table split across parameter "
-                "servers, where a half-precision table is not supported yet. "
-                f"Received: table_dtype={self.table_dtype!r}. Use "
-                'table_dtype="float32" for a sharded table, or build the layer '
-                "without a `variable_partitioner`."
+            # As `add_weight` makes the unsharded half table: drawn in float32,
+            # rounded to nearest.
+            initializer = _tables.RoundedInitializer(
+                keras.initializers.get(initializer)
             )
+            dtype = self.table_dtype
         parts = _sharded.build_table(
             self,
             "embeddings",
             shape,
-            self.embeddings_initializer,
+            initializer,
             self.embeddings_regularizer,
             self.embeddings_constraint,
+            dtype=dtype,
         )
         # Not tracked by Keras or for checkpoints: `_embeddings` stands for
         # the logical table there.
@@ -135,38 +136,15 @@ class LookupBase(keras.layers.Embedding):
 
     # A sharded layer's weights are its parts; these speak the logical
     # `(input_dim, output_dim)` table, as on one machine.
-    def _parts_span(self):
-        parts = self.table_parts
-        first = next(i for i, w in enumerate(self.weights) if w is parts[0])
-        return first, first + len(parts)
-
     def get_weights(self):
-        weights = super().get_weights()
         if not self.table_parts:
-            return weights
-        start, stop = self._parts_span()
-        table = np.concatenate(weights[start:stop], axis=0)
-        return weights[:start] + [table] + weights[stop:]
+            return super().get_weights()
+        return _sharded.logical_values(self.weights)
 
     def set_weights(self, weights):
         if not self.table_parts:
             return super().set_weights(weights)
-        start, stop = self._parts_span()
-        weights = list(weights)
-        if len(weights) != len(self.weights) - (stop - start) + 1:
-            raise ValueError(
-                f"Layer '{self.name}' expects {len(self.weights) - stop + start + 1} "
-                f"weights (the whole table first). Received {len(weights)}."
-            )
-        table = np.asarray(weights[start])
-        if table.shape != (self.input_dim, self.output_dim):
-            raise ValueError(
-                f"Layer '{self.name}' expects a table of shape "
-                f"{(self.input_dim, self.output_dim)}. Received {table.shape}."
-            )
-        bounds = np.cumsum([0] + [int(p.shape[0]) for p in self.table_parts])
-        pieces = [table[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        super().set_weights(weights[:start] + pieces + weights[start + 1 :])
+        _sharded.assign_logical(self.weights, weights, f"Layer '{self.name}'")
 
     def save_own_variables(self, store):
         if not self.table_parts:

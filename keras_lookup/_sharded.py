@@ -22,7 +22,16 @@ or into an unsharded layer.
 
 A part, and each optimizer slot made from it, carries a `Part` as
 `_keras_lookup_part`, which `keras_lookup.save_state` / `load_state` use to
-write and read the logical table.
+write and read the logical table. A bfloat16 or float16 table
+(`table_dtype`) is split the same way, each part drawn in float32 and rounded
+as the unsharded table is, and read in float32.
+
+The first time a table is sharded, two of Keras's methods are wrapped (for
+models and optimizers without a sharded table they stay Keras's own):
+`keras.Model.get_weights` / `set_weights`, so that a model lists each table
+once, logically, as its layer does; and `keras.optimizers.Optimizer`'s
+checkpoint children, so that Keras's own optimizers, whose slots of a part
+are found by name (`adopt_optimizer`), save them as logical slots too.
 """
 
 import functools
@@ -35,7 +44,7 @@ from tensorflow.python.distribute import parameter_server_strategy_v2, sharded_v
 from tensorflow.python.ops import resource_variable_ops
 from tensorflow.python.trackable import data_structures
 
-from keras_lookup import _tables
+from keras_lookup import _lookup, _tables
 
 
 class Part:
@@ -82,9 +91,12 @@ def plan(shape, dtype):
     return out
 
 
-def build_table(layer, name, shape, initializer, regularizer, constraint):
-    """Adds the parts of a sharded `shape` table to `layer`; returns them."""
-    layout = plan(shape, layer.variable_dtype)
+def build_table(layer, name, shape, initializer, regularizer, constraint, dtype=None):
+    """Adds the parts of a sharded `shape` table to `layer`; returns them.
+
+    `dtype` (default: the layer's variable dtype) is the parts' dtype.
+    """
+    layout = plan(shape, dtype or layer.variable_dtype)
     _check_constraint(layer, constraint)
     seeds = {}  # one draw for the whole table, as unsharded
     parts = []
@@ -97,15 +109,110 @@ def build_table(layer, name, shape, initializer, regularizer, constraint):
                 shape=(stop - start,) + tuple(shape[1:]),
                 initializer=initializer,
                 name=f"{name}_part_{index}",
+                dtype=dtype,
                 regularizer=_RegularizerOnPart(regularizer) if regularizer else None,
                 constraint=_ConstraintOnPart(constraint) if constraint else None,
                 trainable=True,
             )
         parts.append(variable)
+    _speak_logical_tables()
     logical_name = parts[0].name.rsplit("_part_", 1)[0]
     for index, (variable, (start, _, _)) in enumerate(zip(parts, layout, strict=True)):
         variable._keras_lookup_part = Part(parts, index, start, shape, logical_name)
     return parts
+
+
+def logical_values(variables):
+    """The values of `variables`, each sharded table's parts as one array.
+
+    A table's parts are listed where its first part is, so the list is what
+    the same layer or model built without a partitioner gives.
+    """
+    out = []
+    for variable in variables:
+        part = part_of(variable)
+        if part is None:
+            out.append(variable.numpy())
+        elif part.index == 0:
+            out.append(np.concatenate([p.numpy() for p in part.parts], axis=0))
+    return out
+
+
+def assign_logical(variables, values, owner):
+    """Assigns `logical_values`-style `values` to `variables` (of `owner`)."""
+    targets = [v for v in variables if part_of(v) is None or part_of(v).index == 0]
+    values = list(values)
+    if len(values) != len(targets):
+        raise ValueError(
+            f"{owner} expects {len(targets)} weights (each table split across "
+            f"parameter servers as one array). Received {len(values)}."
+        )
+    for variable, value in zip(targets, values, strict=True):
+        value = np.asarray(value)
+        part = part_of(variable)
+        shape = part.logical_shape if part else tuple(variable.shape)
+        if value.shape != tuple(shape):
+            name = part.logical_name if part else variable.path
+            raise ValueError(
+                f"{owner} expects an array of shape {tuple(shape)} for {name!r}. "
+                f"Received {value.shape}."
+            )
+        if part is None:
+            variable.assign(value)
+            continue
+        for piece in part.parts:
+            start = part_of(piece).start
+            piece.assign(value[start : start + int(piece.shape[0])])
+
+
+def _speak_logical_tables():
+    """Makes Keras's models and optimizers speak logical tables.
+
+    - `keras.Model.get_weights` / `set_weights`: a model lists its variables,
+      so a sharded table would come out as its parts; here it is one array.
+    - `keras.optimizers.Optimizer`'s checkpoint children: a Keras optimizer's
+      slots of a table's parts are saved as one logical slot each (as
+      keras_lookup's optimizers save theirs), which restores into any number
+      of parts or into one process.
+
+    Installed the first time a table is sharded (a process that never shards
+    keeps Keras's methods untouched); for models and optimizers without a
+    sharded table they do what Keras's own do.
+    """
+    optimizer_class = keras.optimizers.Optimizer
+    keras_children = optimizer_class._trackable_children
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = keras_children(self, save_type, **kwargs)
+        variables = getattr(self, "_trainable_variables", [])
+        if save_type != "checkpoint" or not any(part_of(v) for v in variables):
+            return children
+        adopt_optimizer(self)
+        cache = self.__dict__.setdefault("_keras_lookup_logical_lists", {})
+        return logical_children(children, cache)
+
+    model_class = keras.Model
+    if getattr(model_class.get_weights, "_keras_lookup", False):
+        return
+    keras_get, keras_set = model_class.get_weights, model_class.set_weights
+
+    @functools.wraps(keras_get)
+    def get_weights(self):
+        weights = self.weights
+        if not any(part_of(v) for v in weights):
+            return keras_get(self)
+        return logical_values(weights)
+
+    @functools.wraps(keras_set)
+    def set_weights(self, weights):
+        variables = self.weights
+        if not any(part_of(v) for v in variables):
+            return keras_set(self, weights)
+        assign_logical(variables, weights, f"Model '{self.name}'")
+
+    get_weights._keras_lookup = set_weights._keras_lookup = True
+    model_class.get_weights, model_class.set_weights = get_weights, set_weights
+    optimizer_class._trackable_children = _trackable_children
 
 
 def logical_variable(parts, name):
@@ -174,19 +281,29 @@ def _create_part(next_creator, device, start, table_shape, seeds, **kwargs):
 
 
 def fill_rows(variable, initializer, shape, start, dtype, seeds):
-    """Writes rows `start:` of `initializer(shape, dtype)` into `variable`."""
+    """Writes rows `start:` of `initializer(shape, dtype)` into `variable`.
+
+    A half-precision table's `RoundedInitializer` draws each slice in float32
+    and rounds it to nearest, as the unsharded table is built.
+    """
     rows = int(variable.shape[0])
     stop = start + rows
     rest = tuple(shape[1:])
+    draw_dtype = dtype
+    if isinstance(initializer, _tables.RoundedInitializer):
+        initializer, draw_dtype = initializer.initializer, tf.float32
     constant = isinstance(initializer, _tables._CONSTANT) and not np.ndim(
         getattr(initializer, "value", 0)
     )
     if not (
-        constant or dtype == tf.float32 and isinstance(initializer, _tables._RANDOM)
+        constant
+        or draw_dtype == tf.float32
+        and isinstance(initializer, _tables._RANDOM)
     ):
         # Other initializers draw the whole table, on this part's ps task.
         return _tables._assign_graph(
-            variable, lambda: initializer(shape, dtype)[start:stop]
+            variable,
+            lambda: tf.cast(initializer(shape, draw_dtype)[start:stop], dtype),
         )
     _tables._assign_graph(
         variable, lambda: tf.raw_ops.Empty(shape=(rows,) + rest, dtype=dtype)
@@ -196,21 +313,21 @@ def fill_rows(variable, initializer, shape, start, dtype, seeds):
     for low in range(start, stop, step):
         high = min(low + step, stop)
         if constant:
-            values = initializer((high - low,) + rest, dtype)
+            values = initializer((high - low,) + rest, draw_dtype)
         else:
             # A draw starts on a group of four entries (one Philox counter).
             first = low
             while (first * row_size) % 4:
                 first -= 1
             with _tables._draw_rows(first, high, tuple(shape), seeds):
-                values = initializer(tuple(shape), dtype)
-            values = tf.convert_to_tensor(values, dtype)[low - first :]
+                values = initializer(tuple(shape), draw_dtype)
+            values = tf.convert_to_tensor(values, draw_dtype)[low - first :]
         tf.raw_ops.ResourceStridedSliceAssign(
             ref=variable.handle,
             begin=[low - start] + [0] * len(rest),
             end=[high - start] + list(rest),
             strides=[1] * (len(rest) + 1),
-            value=tf.convert_to_tensor(values, dtype),
+            value=tf.cast(tf.convert_to_tensor(values, draw_dtype), dtype),
         )
     if hasattr(tf.raw_ops, "DisableCopyOnRead"):
         tf.raw_ops.DisableCopyOnRead(resource=variable.handle)
@@ -265,14 +382,18 @@ class ShardedTableReader:
     def __init__(self, parts, vocab_size, dim, layer_name):
         self.vocab_size = vocab_size
         self.dim = dim
-        self.dtype = tf.as_dtype(parts[0].dtype)
+        # A half-precision table is read in float32, as `_lookup.TableReader`
+        # reads one, and its gradient stays float32.
+        self._half = tf.as_dtype(parts[0].dtype) in _lookup.HALF_DTYPES
+        self.dtype = tf.float32 if self._half else tf.as_dtype(parts[0].dtype)
         self._parts = parts
         self._layer_name = layer_name
 
     def gather(self, ids):
         # Each id reads its row on the ps task holding it ("div" split, as
         # the parts were made); the gradient is one IndexedSlices per part.
-        return tf.nn.embedding_lookup(self._parts, ids)
+        rows = tf.nn.embedding_lookup(self._parts, ids)
+        return _lookup._widen(rows) if self._half else rows
 
     def matmul(self, x):
         raise not_shardable(self._layer_name, 'strategy="matmul"', "gather")
@@ -318,3 +439,37 @@ def mark_slot(optimizer, reference, slot, name):
     )
     slot._keras_lookup_part = Part(parts, part.index, part.start, shape, slot_name)
     return slot
+
+
+def adopt_optimizer(optimizer):
+    """Marks the slots a Keras optimizer made for table parts (`mark_slot`).
+
+    keras_lookup's optimizers mark each slot they make for a part of a sharded
+    table. Keras's own optimizers make the same slots (named
+    `{part path}_{slot name}`, on the part's ps task) without marking them;
+    this marks them by name, so that they are saved as logical slots (which
+    restore into any number of parts) and listed logically by `save_state`.
+    Raises if a slot of a part does not have the part's rows.
+    """
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:  # LossScaleOptimizer: the slots are the inner one's
+        adopt_optimizer(inner)
+    parts = [v for v in getattr(optimizer, "_trainable_variables", []) if part_of(v)]
+    if not parts or not optimizer.built:
+        return
+    slots = [v for v in optimizer.variables if part_of(v) is None]
+    for part in parts:
+        prefix = part.path.replace("/", "_") + "_"
+        for slot in slots:
+            if part_of(slot) is not None or not slot.name.startswith(prefix):
+                continue
+            if not slot.shape or int(slot.shape[0]) != int(part.shape[0]):
+                raise NotImplementedError(
+                    f"{type(optimizer).__name__} keeps a slot {slot.path!r} of "
+                    f"shape {tuple(slot.shape)} for the part {part.path!r} of a "
+                    f"sharded table ({tuple(part.shape)}): it cannot be saved as "
+                    "part of a logical slot, so its checkpoints restore only "
+                    "into the same number of parts. Use a keras_lookup "
+                    "optimizer (`keras_lookup.optimizers`) to restore into any."
+                )
+            mark_slot(optimizer, part, slot, slot.name[len(prefix) :])

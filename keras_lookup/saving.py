@@ -258,9 +258,13 @@ def _save_maps(model, folder):
 
 
 def _state_variables(model):
+    from keras_lookup import _sharded
+
     variables = list(model.variables)
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and optimizer.built:
+        # A Keras optimizer's slots of a sharded table: one logical slot each.
+        _sharded.adopt_optimizer(optimizer)
         variables += list(optimizer.variables)
     return variables
 

@@ -20,11 +20,12 @@ def free_ports(count):
             s.close()
 
 
-def strategy(num_workers=1, num_ps=2, parts=3, min_rows=10):
+def strategy(num_workers=1, num_ps=2, parts=3, min_rows=10, partitioner=None):
     """`(ParameterServerStrategy, ClusterCoordinator)` on a new local cluster.
 
     Variables of at least `min_rows` rows are split into `parts` row blocks;
     smaller ones (kernels, biases) stay whole, as with a `MinSizePartitioner`.
+    A `partitioner` given replaces that rule.
     """
     ports = free_ports(num_workers + num_ps)
     spec = tf.train.ClusterSpec(
@@ -43,13 +44,15 @@ def strategy(num_workers=1, num_ps=2, parts=3, min_rows=10):
         spec, rpc_layer="grpc"
     )
 
-    def partitioner(shape, dtype):
+    def by_rows(shape, dtype):
         del dtype
         return [parts if shape[0] >= min_rows else 1] + [1] * (shape.rank - 1)
 
     ps_strategy = tf.distribute.ParameterServerStrategy(
-        resolver, variable_partitioner=partitioner
+        resolver, variable_partitioner=partitioner or by_rows
     )
     ps_strategy._test_servers = servers  # kept alive with the strategy
+    # Another strategy on the same cluster (another partitioner) needs it.
+    ps_strategy._test_resolver = resolver
     coordinator = tf.distribute.coordinator.ClusterCoordinator(ps_strategy)
     return ps_strategy, coordinator

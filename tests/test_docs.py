@@ -21,7 +21,7 @@ from helpers import (
 from tf_warnings import tf_warnings
 
 import keras_lookup
-from keras_lookup import optimizers
+from keras_lookup import distribute, optimizers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -155,9 +155,11 @@ def test_lookup_guide_is_short():
 
 def test_reference_lists_every_public_name():
     reference = "\n".join(p.read_text() for p in sorted((DOCS / "api").glob("*.md")))
-    names = [f"keras_lookup.{n}" for n in keras_lookup.__all__ if n != "optimizers"]
+    packages = ("optimizers", "distribute")
+    names = [f"keras_lookup.{n}" for n in keras_lookup.__all__ if n not in packages]
     names += [f"keras_lookup.optimizers.{n}" for n in optimizers.__all__]
-    names.append("keras_lookup.optimizers")
+    names += [f"keras_lookup.distribute.{n}" for n in distribute.__all__]
+    names += [f"keras_lookup.{n}" for n in packages]
     missing = [n for n in names if f"::: {n}\n" not in reference]
     assert not missing, f"docs/api/*.md has no `::: NAME` entry for {missing}"
 

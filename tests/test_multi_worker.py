@@ -3,7 +3,8 @@
 Every run is the example itself in subprocesses (`--local-workers N` starts N
 worker processes on 127.0.0.1), with a timeout. The kills are real SIGKILLs,
 made deterministic by the example's test hooks: the chief worker kills itself
-after a given step, or in the middle of saving a given checkpoint.
+after a given step, or in the middle of writing a given backup
+(`keras_lookup.distribute.BackupAndRestore`).
 """
 
 import os
@@ -77,7 +78,9 @@ def uninterrupted(tmp_path_factory):
         folder / "out",
     )
     assert_ok(result)
-    assert "resumed from step" not in result.stdout
+    assert "resumed from" not in result.stdout
+    # A run that finished leaves no backup behind.
+    assert not (folder / "ckpt").exists()
     out = folder / "out"
     first = weights(out, 0)
     # The run trained: 30 updates, and the table's moments moved.
@@ -98,7 +101,7 @@ def test_two_workers_agree_and_match_one_worker(uninterrupted, tmp_path):
     two = [weights(uninterrupted, 0), weights(uninterrupted, 1)]
     assert set(SLOTS) <= set(two[0])
     assert max_abs_diff(two[0], two[1]) <= 1e-6
-    result = run("--local-workers", 1, *SETTINGS, "--out", tmp_path)
+    result = run("--single-process", *SETTINGS, "--out", tmp_path)
     assert_ok(result)
     one = weights(tmp_path, 0)
     assert max_abs_diff(two[0], one) <= 1e-5
@@ -131,31 +134,30 @@ def test_killed_while_saving_and_between_checkpoints_resumes_exactly(
     # after step 25, between two checkpoints.
     killed = run(*command, hook={"MULTI_WORKER_TEST_KILL_AFTER_STEP": "25"})
     assert_killed(killed)
-    assert "resumed from step 10" in killed.stdout
+    assert "(epoch 1, batch 10, step 10)" in killed.stdout
     assert "killed after step 25" in killed.stdout
-    # 3. Started again, it resumes from step 20 and ends where the
+    # 3. Other settings refuse to resume from that folder (before TensorFlow
+    # starts: a second or two).
+    refused = run("--single-process", *SETTINGS, "--dim", 8, "--checkpoint-dir", folder)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "dim: 16 there, 8 now" in refused.stderr
+    # 4. Started again, it resumes from step 20 and ends where the
     # uninterrupted run ends: weights and optimizer slots (moments,
     # iteration) alike, on both workers.
     resumed = run(*command)
     assert_ok(resumed)
-    assert "resumed from step 20" in resumed.stdout
+    assert "(epoch 1, batch 20, step 20)" in resumed.stdout
     for worker in (0, 1):
         final = weights(tmp_path / "out", worker)
         assert max_abs_diff(final, weights(uninterrupted, worker)) <= 1e-6
 
 
-def test_refuses_to_resume_with_other_settings(uninterrupted):
-    # Fails before TensorFlow starts: a second or two.
-    checkpoints = uninterrupted.parent / "ckpt"
-    result = run(*SETTINGS, "--dim", 8, "--checkpoint-dir", checkpoints, timeout=120)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "dim: 16 there, 8 now" in result.stderr
-
-
 def test_a_failing_worker_is_reported(tmp_path):
     # 33 examples cannot be split over 2 workers: both exit with status 1
     # (before TensorFlow starts) and the launcher says which one failed.
-    result = run("--local-workers", 2, "--quick", "--batch-size", 33, timeout=120)
+    # Without TF_CONFIG or --local-workers, 2 local workers by default.
+    result = run("--quick", "--batch-size", 33, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
+    assert "running 2 local workers on 127.0.0.1" in result.stdout
     assert "does not split evenly over 2 workers" in result.stdout
     assert "exited with status 1" in result.stderr

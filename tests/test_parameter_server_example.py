@@ -46,12 +46,13 @@ def test_killed_coordinator_resumes_and_ends_as_one_process(tmp_path):
         hook={"PARAMETER_SERVER_TEST_KILL_AFTER_STEP": "20"},
     )
     assert killed.returncode == -9, killed.stdout[-3000:] + killed.stderr[-3000:]
-    assert "checkpoint at step 20" in killed.stdout
+    assert "killing the coordinator after step 20" in killed.stdout
     assert "2 part(s)" in killed.stdout
     resumed = run(*cluster, "--out", tmp_path / "a")
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-4000:]
-    assert "resumed from step 20" in resumed.stdout
+    assert "(epoch 1, batch 20, step 20)" in resumed.stdout
+    assert "24/24" not in resumed.stdout and "40/40" in resumed.stdout
     reference = run("--single-process", "--out", tmp_path / "b")
     assert reference.returncode == 0, reference.stderr[-4000:]
     a, b = saved(tmp_path / "a"), saved(tmp_path / "b")
@@ -63,3 +64,21 @@ def test_killed_coordinator_resumes_and_ends_as_one_process(tmp_path):
     assert summary["resumed_from"] == 20
     assert [s["rows"] for s in summary["shards"]] == [2**17, 2**17]
     assert {"coordinator", "ps 0", "ps 1", "worker 0"} <= set(summary["peak_rss_mib"])
+
+
+def test_without_tf_config_it_runs_a_small_local_cluster(monkeypatch, capsys):
+    # Tried as a new user would (no TF_CONFIG, no choice): a local cluster.
+    sys.path.insert(0, os.path.join(REPO, "examples"))
+    import parameter_server
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    started = []
+    monkeypatch.setattr(
+        parameter_server, "local_cluster", lambda args: started.append(args)
+    )
+    parameter_server.main(["--quick"])
+    (args,) = started
+    assert (args.workers, args.ps) == (2, 2)
+    assert "running a local cluster of 2 workers and 2 ps tasks" in (
+        capsys.readouterr().out
+    )
