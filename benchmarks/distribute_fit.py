@@ -170,34 +170,10 @@ def build(args, strategy, keras):
 
 def main(argv=None):
     args = parse_args(argv)
-    ports = _launcher.free_ports(args.workers + args.ps)
-    cluster = {
-        "worker": [f"127.0.0.1:{p}" for p in ports[: args.workers]],
-        "ps": [f"127.0.0.1:{p}" for p in ports[args.workers :]],
-    }
+    cluster = _launcher.loopback_cluster(args.workers, args.ps)
     server = os.path.join(ROOT, "examples", "parameter_server.py")
     with _launcher.Launcher() as launcher:
-        for task_type, count in (("ps", args.ps), ("worker", args.workers)):
-            for index in range(count):
-                tf_config = {
-                    "cluster": cluster,
-                    "task": {"type": task_type, "index": index},
-                }
-                launcher.start(
-                    f"{task_type} {index}",
-                    [
-                        sys.executable,
-                        server,
-                        "--task-type",
-                        task_type,
-                        "--task-index",
-                        str(index),
-                    ],
-                    env={
-                        "TF_CONFIG": json.dumps(tf_config),
-                        "KERAS_BACKEND": "tensorflow",
-                    },
-                )
+        _launcher.start_ps_cluster_tasks(launcher, server, cluster)
         from _startup import import_keras
 
         keras, tf = import_keras()

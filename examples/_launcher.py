@@ -8,6 +8,7 @@ with that role, restarts a child that dies when asked to (as a cluster manager
 restarts a lost worker), and kills every child by its PID at the end.
 """
 
+import json
 import os
 import signal
 import socket
@@ -35,6 +36,45 @@ def free_ports(count):
     finally:
         for s in sockets:
             s.close()
+
+
+def loopback_cluster(num_workers, num_ps):
+    """A cluster spec of `num_workers` workers and `num_ps` ps tasks on free
+    ports of 127.0.0.1, as `TF_CONFIG`'s `"cluster"` entry wants it."""
+    ports = free_ports(num_workers + num_ps)
+    return {
+        "worker": [f"127.0.0.1:{p}" for p in ports[:num_workers]],
+        "ps": [f"127.0.0.1:{p}" for p in ports[num_workers:]],
+    }
+
+
+def start_ps_cluster_tasks(launcher, script, cluster, env=None, restart_workers=False):
+    """Starts `script --task-type T --task-index I` for every worker and ps task
+    of `cluster`, each with its `TF_CONFIG` (ps tasks first, as workers connect
+    to them). `env` is added to each child's environment."""
+    for task_type in ("ps", "worker"):
+        for index in range(len(cluster[task_type])):
+            tf_config = {
+                "cluster": cluster,
+                "task": {"type": task_type, "index": index},
+            }
+            launcher.start(
+                f"{task_type} {index}",
+                [
+                    sys.executable,
+                    script,
+                    "--task-type",
+                    task_type,
+                    "--task-index",
+                    str(index),
+                ],
+                env={
+                    "TF_CONFIG": json.dumps(tf_config),
+                    "KERAS_BACKEND": "tensorflow",
+                    **(env or {}),
+                },
+                restart=restart_workers and task_type == "worker",
+            )
 
 
 def _die_with_parent():

@@ -47,7 +47,6 @@ task of `--local-cluster` once step S is scheduled.
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -473,43 +472,23 @@ def coordinate(args, resolver, launcher=None):
 
 
 def local_cluster(args):
-    ports = _launcher.free_ports(args.workers + args.ps)
-    cluster = {
-        "worker": [f"127.0.0.1:{p}" for p in ports[: args.workers]],
-        "ps": [f"127.0.0.1:{p}" for p in ports[args.workers :]],
-    }
+    cluster = _launcher.loopback_cluster(args.workers, args.ps)
+    ports = [address.rsplit(":", 1)[1] for address in cluster["worker"] + cluster["ps"]]
     print(
         f"Starting {args.workers} worker(s) and {args.ps} ps task(s) on 127.0.0.1 "
-        f"(ports {', '.join(map(str, ports))}); coordinator: this process."
+        f"(ports {', '.join(ports)}); coordinator: this process."
     )
     sys.stdout.flush()
-    script = os.path.abspath(__file__)
     with _launcher.Launcher() as launcher:
-        for task_type, count in (("ps", args.ps), ("worker", args.workers)):
-            for index in range(count):
-                tf_config = {
-                    "cluster": cluster,
-                    "task": {"type": task_type, "index": index},
-                }
-                launcher.start(
-                    f"{task_type} {index}",
-                    [
-                        sys.executable,
-                        script,
-                        "--task-type",
-                        task_type,
-                        "--task-index",
-                        str(index),
-                    ],
-                    env={
-                        "TF_CONFIG": json.dumps(tf_config),
-                        "KERAS_BACKEND": "tensorflow",
-                        # Unset unless the user set it: the children then
-                        # leave out TensorFlow's start-up log (_startup.py).
-                        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL"),
-                    },
-                    restart=task_type == "worker",
-                )
+        _launcher.start_ps_cluster_tasks(
+            launcher,
+            os.path.abspath(__file__),
+            cluster,
+            # Unset unless the user set it: the children then leave out
+            # TensorFlow's start-up log (_startup.py).
+            env={"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL")},
+            restart_workers=True,
+        )
         done = threading.Event()
         watch = threading.Thread(
             target=_watch_ps, args=(launcher, args, done), daemon=True

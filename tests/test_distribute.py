@@ -12,13 +12,13 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 
 import keras
 import numpy as np
+import ps_cluster
 import pytest
 import tensorflow as tf
 
@@ -146,21 +146,10 @@ def reports(out):
     ]
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def run_workers(code, count, *args, timeout=240):
     """Runs `code` as `count` MultiWorkerMirroredStrategy workers on 127.0.0.1;
     returns their outputs. Every worker is killed by PID at the end."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(count)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ps_cluster.free_ports(count)]}
     processes = []
     try:
         for index in range(count):
