@@ -7,8 +7,10 @@ code spans and link targets) is in one of the files it links, as written there
 or rounded to the precision the bullet gives (`436 ms` matches `436.4`, `1M`
 matches `1,000,000`, `2²⁰` matches `1,048,576`). In the guides the same holds
 for the figures with a unit (ms, s, GiB, MiB, ×, %) of every paragraph, list
-item or table that links a results file (a table also by the paragraph that
-introduces it). So a new headline or a new page
+item or table that links a results file (a table also by the block before it,
+a list item by the paragraph that introduces its list, and a table the site
+includes with `<!-- results-table: FILE -->` cites FILE). So a new headline or
+a new page
 is checked as soon as it cites its file, and a figure copied from another run
 fails here instead of drifting.
 """
@@ -29,13 +31,17 @@ SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
 NUMBER = re.compile(
     r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?:([kM])(?![a-zA-Z])|([⁰¹²³⁴⁵⁶⁷⁸⁹]+))?"
 )
-UNIT = re.compile(r"\s?(ms|s|GiB|MiB|GB|×|x|%)(?![a-zA-Z])")
+# A "×" or "x" between two numbers is a shape (4,096 × 64), not a ratio.
+UNIT = re.compile(r"\s?(ms|s|GiB|MiB|GB|%|[×x](?!\s?\d))(?![a-zA-Z])")
 # Links to results files, in the README's form (benchmarks/results/...) and in
 # the guides' (../results/...); saved_models/README.md records the examples'
-# full runs.
+# full runs (served to the guides as ../saved_models.md).
 LINK = re.compile(
-    r"\]\(((?:\.\./)*(?:benchmarks/)?results/[^)#\s]+|saved_models/README\.md)"
+    r"\]\(((?:\.\./)*(?:benchmarks/)?results/[^)#\s]+|saved_models/README\.md"
+    r"|(?:\.\./)*saved_models\.md)"
 )
+
+INCLUDED = re.compile(r"<!-- results-table: (\S+?)(?:#\d+)? -->")
 
 
 def _plain(text):
@@ -101,6 +107,9 @@ def readme_headlines():
 def _resolve(page, target):
     if target.startswith(("benchmarks/", "saved_models/")):
         return ROOT / target
+    if target.endswith("saved_models.md"):
+        # The site serves saved_models/README.md as saved_models.md.
+        return ROOT / "saved_models" / "README.md"
     # The site serves benchmarks/results/ as results/ (docs/hooks.py).
     return RESULTS / target.split("results/", 1)[1]
 
@@ -108,16 +117,25 @@ def _resolve(page, target):
 def blocks(page):
     """`(text, links)` for the paragraphs, list items and tables of a page,
     without code blocks. A table without links of its own takes those of
-    the paragraph before it ("… full table in [scale.md](…):")."""
+    the block before it ("… full table in [scale.md](…):"), and a list item
+    those of the paragraph that introduces its list."""
     text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
-    previous = []
+    previous = intro = []
     for block in re.split(r"\n\s*\n|\n(?=\s*- )", text):
         if not block.strip():
             continue
+        item = block.lstrip().startswith("- ")
         # Plots are not sources a figure can be read from.
         links = [t for t in LINK.findall(block) if not t.endswith(".png")]
-        if block.lstrip().startswith("|") and not links:
-            links = previous
+        # A table the site includes from a results file (docs/hooks.py).
+        links += ["results/" + name for name in INCLUDED.findall(block)]
+        if not links:
+            if block.lstrip().startswith("|"):
+                links = previous
+            elif item:
+                links = intro
+        if not item:
+            intro = links
         yield block, links
         previous = links
 
@@ -168,4 +186,5 @@ def test_figure_parsing():
     values = {436.4, 1_000_000.0, 71.4}
     assert matches(436.0, 0, values, False) and matches(71.0, 0, values, False)
     assert not matches(437.0, 0, values, False)
+    assert [f[0] for f in figures("4,096 × 64 entries, 1.5× faster", True)] == ["1.5"]
     assert matches(1e6, 0, values, True)
