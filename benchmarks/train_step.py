@@ -466,6 +466,70 @@ def scale_table(latest, vocab_sizes):
     return "\n".join(lines)
 
 
+# Budgets for the sizing table: this machine's 24 GiB less room for the
+# system, and a 16 GiB machine's.
+BUDGETS_GIB = (14, 22)
+
+
+def scale_sizing(latest):
+    """What a table costs beyond its state, and the largest table that fits.
+
+    The overhead of a run is its peak RSS less its table and slots (TensorFlow
+    itself, the step's temporaries); only the lazy and row-wise optimizers'
+    runs with at least 1 GiB of state count (below that the fixed part hides
+    the rest; Keras's Adam adds dense temporaries of the table's size). The
+    largest table of a budget is (budget - largest overhead) / bytes a row.
+    """
+    rows = []
+    for (system, vocab), record in sorted(latest.items()):
+        state = _state_gib(system, vocab)
+        if system == "keras_adam" or "peak_rss_gib" not in record or state < 1:
+            continue
+        if "median_ms" not in record:
+            continue
+        rows.append((system, vocab, state, record["peak_rss_gib"]))
+    if not rows:
+        return ""
+    overheads = [peak - state for _, _, state, peak in rows]
+    worst = max(overheads)
+    lines = [
+        "| run | table + slots (GiB) | peak RSS (GiB) | peak - (table + slots) (GiB) |",
+        "|---|---|---|---|",
+    ]
+    for (system, vocab, state, peak), over in zip(rows, overheads, strict=True):
+        lines.append(
+            f"| {SCALE_LABELS[system]}, V = {vocab:,} | {state:.2f} | {peak:.2f} "
+            f"| {over:.2f} |"
+        )
+    per_row = {
+        "LazyRowwiseAdagrad": SCALE_DIM * 4 + 4,
+        "LazyRowwiseAdagrad, bfloat16 table": SCALE_DIM * 2 + 4,
+        "LazyRowwiseAdam": SCALE_DIM * 4 * 2 + 4,
+        "LazyAdagrad": SCALE_DIM * 4 * 2,
+        "LazyAdam": SCALE_DIM * 4 * 3,
+    }
+    sizing = [
+        "| optimizer | bytes a row (table + state) | "
+        + " | ".join(f"largest V × {SCALE_DIM} in {b} GiB" for b in BUDGETS_GIB)
+        + " |",
+        "|---|---|" + "---|" * len(BUDGETS_GIB),
+    ]
+    for name, size in per_row.items():
+        fits = [int((b - worst) * 2**30 / size / 1e6) for b in BUDGETS_GIB]
+        sizing.append(
+            f"| {name} | {size} | " + " | ".join(f"{n}M" for n in fits) + " |"
+        )
+    return (
+        "Peak RSS beyond the table and slots, over the lazy and row-wise "
+        "optimizers' runs with at least 1 GiB of state: "
+        f"{min(overheads):.2f}–{worst:.2f} GiB.\n\n"
+        + "\n".join(lines)
+        + f"\n\nSo a table of V rows needs about {worst:.2f} GiB + V × (bytes a "
+        "row); the largest that fit a budget by that rule (1M = 10^6 rows):\n\n"
+        + "\n".join(sizing)
+    )
+
+
 def scale_plot(latest, path):
     import matplotlib
 
@@ -579,6 +643,9 @@ def scale_render(args):
             f'bfloat16 tables (`table_dtype="bfloat16"`):\n\n{half}\n\n'
             f"Every system, with build and run peaks and the load:\n\n{text}\n\n"
         )
+        sizing = scale_sizing(latest)
+        if sizing:
+            f.write(f"## Memory beyond the table\n\n{sizing}\n\n")
         f.write("Raw records (build time, load average, errors): `scale.jsonl`.\n")
     plotted = _harness.write_plot(
         scale_plot, latest, os.path.join(args.out, "scale.png")
