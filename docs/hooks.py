@@ -5,7 +5,9 @@
   there at every build (plots, tables and the JSON they came from), so a
   page can never show a stale copy, and a page that links a file that no
   longer exists fails `mkdocs build --strict`.
-- CHANGELOG.md at the repository root becomes the page changelog.md.
+- CHANGELOG.md at the repository root becomes the page changelog.md, and
+  saved_models/README.md (the record of the examples' full runs) the page
+  saved_models.md.
 - A guide shows a table of results as the file that holds it, not a copy:
   a line `<!-- results-table: scale.md -->` (a path under
   benchmarks/results/, and `#2` for the file's second table) is replaced by
@@ -31,6 +33,14 @@ def on_files(files, config):
             files.append(File.generated(config, uri, abs_src_path=str(path)))
     files.append(
         File.generated(config, "changelog.md", abs_src_path=str(ROOT / "CHANGELOG.md"))
+    )
+    # The record of the examples' full runs, cited by the examples guide.
+    files.append(
+        File.generated(
+            config,
+            "saved_models.md",
+            abs_src_path=str(ROOT / "saved_models" / "README.md"),
+        )
     )
     return files
 
