@@ -65,8 +65,15 @@ OUT = HERE / "results" / "own_corpus"
 LANGUAGE_MODEL = "examples/language_model.py"
 CLASSIFIER = "examples/text_classification.py"
 RUNS = (
-    ("language model, full run (default)", LANGUAGE_MODEL, ["--data", "kjv/"]),
-    ("language model, `--quick`", LANGUAGE_MODEL, ["--data", "kjv/", "--quick"]),
+    ("full run (default)", LANGUAGE_MODEL, ["--data", "kjv/"]),
+    ("`--quick`", LANGUAGE_MODEL, ["--data", "kjv/", "--quick"]),
+    # What one fixed epoch gives, as `--quick` trained before the most epochs
+    # followed the size of the data.
+    (
+        "`--quick --epochs 1`",
+        LANGUAGE_MODEL,
+        ["--data", "kjv/", "--quick", "--epochs", "1"],
+    ),
     (
         "classifier, full run (default)",
         CLASSIFIER,
@@ -153,11 +160,11 @@ def search(pattern, text, label):
 
 
 def trained(line):
-    """`(epochs run, most epochs or None, weights of epoch)` of a "trained ..." line."""
+    """`(epochs run, weights of epoch)` of a "trained ..." line; the epoch is
+    None with `--epochs` (the last weights are kept)."""
     ran = int(re.match(r"(\d+) epochs?", line)[1])
-    kept = int(re.search(r"kept the weights of epoch (\d+)", line)[1])
-    cap = re.search(r"reached the most epochs, (\d+)", line)
-    return ran, int(cap[1]) if cap else None, kept
+    kept = re.search(r"kept the weights of epoch (\d+)", line)
+    return ran, int(kept[1]) if kept else None
 
 
 def parse_language_model(out, label):
@@ -168,7 +175,9 @@ def parse_language_model(out, label):
         label,
     )
     model = search(
-        r"^Model: embedding (\d+), GRU (\d+) units; .*?up to (\d+) epoch", out, label
+        r"^Model: embedding (\d+), GRU (\d+) units; .*?(?:up to )?(\d+) epoch",
+        out,
+        label,
     )
     unigram = search(r"unigram baseline .*: perplexity ([\d.]+)", out, label)
     bigram = search(r"bigram baseline .*: perplexity ([\d.]+)", out, label)
@@ -178,7 +187,7 @@ def parse_language_model(out, label):
         out,
         label,
     )
-    ran, _, kept = trained(gru[5])
+    ran, kept = trained(gru[5])
     return {
         "vocabulary": int(number(vocab[1])),
         "train_tokens": int(number(vocab[2])),
@@ -233,7 +242,7 @@ def parse_classifier(out, label):
             out,
             label,
         )
-        ran, _, kept = trained(found[4])
+        ran, kept = trained(found[4])
         record["models"].append(
             {
                 "model": title,
@@ -256,7 +265,7 @@ def summary_block(out):
 def commit():
     try:
         head = subprocess.run(
-            ["git", "-C", str(ROOT), "log", "-1", "--format=%h %cs"],
+            ["git", "-C", str(ROOT), "log", "-1", "--format=%h of %cs"],
             capture_output=True,
             text=True,
             check=True,
@@ -269,7 +278,7 @@ def commit():
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return head + (" (with uncommitted changes)" if dirty else "")
+    return head + (", with uncommitted changes" if dirty else "")
 
 
 def versions(bible_version):
@@ -315,8 +324,23 @@ def minutes(seconds):
     return f"{seconds / 60:.1f} min"
 
 
+def language_model_row(r):
+    if r["best_epoch"] is None:
+        epochs, kept = f"{r['epochs']} (fixed by `--epochs`)", "last"
+    else:
+        epochs, kept = f"{r['epochs']} of at most {r['max_epochs']}", r["best_epoch"]
+    return (
+        f"| {r['run']} | {epochs} | {kept} | **{r['perplexity']:.1f}** "
+        f"| {r['unigram']:.1f} | {r['bigram']:.1f} | {r['x_unigram']:.2f} "
+        f"| {r['x_bigram']:.2f} | {r['units']} | {r['train_s']} s "
+        f"| {minutes(r['wall_s'])} |"
+    )
+
+
 def report(meta, runs):
-    full, quick, classifier = runs
+    models = [r for r in runs if "perplexity" in r]
+    (classifier,) = [r for r in runs if "perplexity" not in r]
+    full = models[0]
     env = meta["versions"]
     loads = [r[k] for r in runs for k in ("load_before", "load_after")]
     lines = [
@@ -324,15 +348,15 @@ def report(meta, runs):
         "",
         "Command: `python benchmarks/own_corpus.py` (after "
         f"`{INSTALL}`), which writes the data below to a temporary folder and "
-        "runs the examples on it, one process each:",
+        "runs the examples on it, one process each, one after the other:",
         "",
         *(f"    {r['command']}" for r in runs),
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{env['python']}, TensorFlow {env['tensorflow']}, Keras {env['keras']}, "
         f"keras_lookup {env['keras_lookup']} (commit {meta['commit']}), "
-        f"{PACKAGE} {env[PACKAGE]}. Load average (1 min) before and after the "
-        f"runs: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores.",
+        f"{PACKAGE} {env[PACKAGE]}. Load average (1 min) before and after each "
+        f"run: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores.",
         "",
         "## Data",
         "",
@@ -354,24 +378,17 @@ def report(meta, runs):
         "fitted on the training tokens: add-one unigram perplexity "
         f"{full['unigram']:.1f}, interpolated Kneser-Ney bigram {full['bigram']:.1f}.",
         "",
-        "| run | epochs run (most) | weights of epoch | perplexity | unigram | bigram "
-        "| × unigram | × bigram | GRU units | wall time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | epochs | weights of epoch | perplexity | unigram | bigram "
+        "| × unigram | × bigram | GRU units | training | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *(language_model_row(r) for r in models),
+        "",
+        "Training is the time the example prints (`model.fit` alone); wall time "
+        "is the whole process (start-up, data, training, baselines, samples).",
+        "",
     ]
-    for name, r in (("full run (default)", full), ("`--quick`", quick)):
-        lines.append(
-            f"| {name} | {r['epochs']} ({r['max_epochs']}) | {r['best_epoch']} "
-            f"| **{r['perplexity']:.1f}** | {r['unigram']:.1f} | {r['bigram']:.1f} "
-            f"| {r['x_unigram']:.2f} | {r['x_bigram']:.2f} | {r['units']} "
-            f"| {minutes(r['wall_s'])} |"
-        )
     c = classifier
     lines += [
-        "",
-        "Wall time is the whole process (start-up, data, training, baselines, "
-        "samples); the examples print the training time alone: "
-        f"{full['train_s']} s and {quick['train_s']} s.",
-        "",
         "## Classifier",
         "",
         f"{c['examples']:,} verses from {c['groups']:,} chapters; split by "
