@@ -177,7 +177,10 @@ def load_data(args, keras):
             words = text.lower().split()
             bigrams = [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
             rows.append((words + bigrams)[: args.max_ids])
-        flat = np.asarray(hashing(np.array(sum(rows, []), dtype=object))) + 1
+        # Flattened in one pass (`sum(rows, [])` copies the list once per row:
+        # quadratic, seconds per chunk).
+        strings = np.array([s for row in rows for s in row], dtype=object)
+        flat = np.asarray(hashing(strings)) + 1
         ends = np.cumsum([len(r) for r in rows])
         for k, (row, end) in enumerate(zip(rows, ends, strict=True)):
             ids[first + k, : len(row)] = flat[end - len(row) : end]
