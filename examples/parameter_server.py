@@ -47,6 +47,7 @@ task of `--local-cluster` once step S is scheduled.
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -431,6 +432,25 @@ def ps_died(failure, args):
     return f"error: {failure}: a parameter server is gone, and the run ends.{resume}"
 
 
+# Taken by the first thread that ends the run (the watch thread or the one
+# that trains): the message is printed once.
+_ENDING = threading.Lock()
+
+
+def end_run(launcher, failure, args):
+    """Ends the run after a ps task died, its message the last line shown."""
+    _ENDING.acquire()
+    # TensorFlow's threads go on logging the failed steps (and, as the
+    # children are stopped, their reconnects): silenced first, and the
+    # children stopped, before the message.
+    logging.disable(logging.CRITICAL)
+    launcher.stop()
+    sys.stdout.flush()
+    print(ps_died(failure, args), file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(1)
+
+
 # ---------------------------------------------------------------------------
 # Cluster roles
 
@@ -510,10 +530,7 @@ def local_cluster(args):
             time.sleep(1)
             failure = launcher.check()
             if failure and failure.startswith("ps "):
-                print(ps_died(failure, args), file=sys.stderr)
-                sys.stderr.flush()
-                launcher.stop()
-                os._exit(1)
+                end_run(launcher, failure, args)
             raise
         finally:
             done.set()
@@ -531,10 +548,7 @@ def _watch_ps(launcher, args, done):
     while not done.is_set():
         failure = launcher.check()
         if failure and not done.is_set():
-            print(ps_died(failure, args), file=sys.stderr)
-            sys.stderr.flush()
-            launcher.stop()
-            os._exit(1)
+            end_run(launcher, failure, args)
         done.wait(0.5)
 
 
