@@ -277,7 +277,7 @@ class ParameterServerRunner(Runner):
         self._functions()
         self.reset_metrics()
         callbacks.on_test_begin()
-        for step, batch in enumerate(_batches(data, steps)):
+        for step, batch in enumerate(_batches(data.local(), steps)):
             callbacks.on_test_batch_begin(step)
             self.coordinator.schedule(self._test_function, args=(batch,))
             callbacks.on_test_batch_end(step, {})
@@ -289,7 +289,7 @@ class ParameterServerRunner(Runner):
         self._functions()
         callbacks.on_predict_begin()
         outputs = []
-        for step, batch in enumerate(_batches(data, steps)):
+        for step, batch in enumerate(_batches(data.local(), steps)):
             callbacks.on_predict_batch_begin(step)
             x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
             outputs.append(self.coordinator.schedule(self._predict_function, args=(x,)))
@@ -382,17 +382,10 @@ class MultiWorkerRunner(Runner):
         function = self._test_function
         self.reset_metrics()
         callbacks.on_test_begin()
-        iterator = iter(self._distribute(data))
-        step = 0
-        while steps is None or step < steps:
-            try:
-                data_batch = next(iterator)
-            except StopIteration:
-                break
+        for step, batch in enumerate(_batches(self._distribute(data), steps)):
             callbacks.on_test_batch_begin(step)
-            function(data_batch)
+            function(batch)
             callbacks.on_test_batch_end(step, {})
-            step += 1
         logs = self.results()
         callbacks.on_test_end(logs)
         return logs
@@ -413,17 +406,10 @@ class MultiWorkerRunner(Runner):
         predict = self._predict_function
         callbacks.on_predict_begin()
         outputs = []
-        iterator = iter(self._distribute(data))
-        step = 0
-        while steps is None or step < steps:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                break
+        for step, batch in enumerate(_batches(self._distribute(data), steps)):
             callbacks.on_predict_batch_begin(step)
             outputs.append(tree.map_structure(np.asarray, predict(batch)))
             callbacks.on_predict_batch_end(step, {})
-            step += 1
         callbacks.on_predict_end()
         return _concat(outputs)
 
@@ -499,13 +485,14 @@ def _size(variable):
 
 
 def _batches(data, steps):
-    """The first `steps` batches of `data` (all of them if `steps` is None).
+    """The first `steps` batches of the iterable `data` (all of them if
+    `steps` is None).
 
     With a count, the iterator is not asked for more: after connecting to a
     cluster, TensorFlow 2.16 logs a warning for each iterator that reaches
     its end.
     """
-    iterator = iter(data.local())
+    iterator = iter(data)
     if steps is None:
         yield from iterator
         return
