@@ -3,10 +3,11 @@
 The issue's check, with the settings of
 `tests/test_dynamic_embedding.py::test_memorizes_random_ids_where_hashing_cannot`
 (which asserts only the bounds: at least 0.99, and 5 points above Hashing):
-30,000 random int64 ids from [0, 2**62) with random 0/1 labels, 32,768 rows of
-8, a `Dense(1)` on top, `LazyAdam(0.05)`, 6 epochs of batch 2,048; the
-accuracy is `evaluate` on the training ids. Here over several seeds and both
-key types, so that the guide can quote what the models reach.
+30,000 random int64 ids from [0, 2**62) (or the strings "id<value>") with
+random 0/1 labels, 32,768 rows of 8, a `Dense(1)` on top, `LazyAdam(0.05)`,
+6 epochs of batch 2,048; the accuracy is `evaluate` on the training ids.
+Here over several seeds and both key types, so that the guide can quote what
+the models reach.
 
     python benchmarks/memorization.py
 
@@ -16,6 +17,7 @@ writes `benchmarks/results/memorization.md`.
 import argparse
 import os
 import pathlib
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -25,41 +27,24 @@ import numpy as np  # noqa: E402
 
 import keras_lookup  # noqa: E402
 
+# The task and the model are the test's (tests/helpers.py).
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from helpers import memorization_accuracy, memorization_task  # noqa: E402
+
 ROWS = 32_768
-IDS = 30_000
 OUT = pathlib.Path(__file__).parent / "results" / "memorization.md"
-
-
-def accuracy(layers, x, y, key_dtype):
-    model = keras.Sequential(
-        [
-            keras.Input((), dtype=key_dtype),
-            *layers,
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile(
-        keras_lookup.optimizers.LazyAdam(0.05),
-        "binary_crossentropy",
-        metrics=["accuracy"],
-    )
-    model.fit(x, y, batch_size=2048, epochs=6, verbose=0)
-    return model.evaluate(x, y, batch_size=8192, verbose=0)[1]
 
 
 def run(seed, key_dtype):
     keras.utils.set_random_seed(seed)
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, 2**62, IDS, dtype=np.int64)
-    y = rng.integers(0, 2, IDS).astype("float32")
-    x = ids if key_dtype == "int64" else np.array([str(i) for i in ids], object)
-    dynamic = accuracy(
+    _, x, y = memorization_task(seed, key_dtype)
+    dynamic, _ = memorization_accuracy(
         [keras_lookup.DynamicEmbedding(ROWS, 8, key_dtype=key_dtype)],
         x,
         y,
         key_dtype,
     )
-    hashed = accuracy(
+    hashed, _ = memorization_accuracy(
         [keras.layers.Hashing(ROWS), keras_lookup.Embedding(ROWS, 8)],
         x,
         y,
@@ -68,7 +53,7 @@ def run(seed, key_dtype):
     # Ids whose row Hashing shares with another id: they cannot all be fitted.
     rows = keras.layers.Hashing(ROWS)(x).numpy().ravel()
     _, counts = np.unique(rows, return_counts=True)
-    shared = counts[counts > 1].sum() / IDS
+    shared = counts[counts > 1].sum() / len(x)
     return dynamic, hashed, shared
 
 
@@ -80,7 +65,8 @@ def main():
         "# Memorizing random ids: DynamicEmbedding vs Hashing + Embedding",
         "",
         "Command: `python benchmarks/memorization.py`. 30,000 random int64 ids",
-        "from [0, 2^62) with random 0/1 labels, 32,768 rows of 8, `Dense(1)`,",
+        'from [0, 2^62) (string keys: `"id<value>"`) with random 0/1 labels,',
+        "32,768 rows of 8, `Dense(1)`,",
         "`LazyAdam(0.05)`, 6 epochs of batch 2,048 (the settings of",
         "`test_memorizes_random_ids_where_hashing_cannot`); training accuracy",
         "from `evaluate` on the same ids.",

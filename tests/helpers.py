@@ -164,6 +164,41 @@ def train_on_sotu_era(optimizer, task):
     return model.evaluate(ids[test], y[test], verbose=0)
 
 
+def memorization_task(seed, key_dtype):
+    """The memorization check of the DynamicEmbedding issue: 30,000 random
+    ids from [0, 2**62) with random 0/1 labels. Returns `(ids, keys, y)`:
+    the int64 ids, the keys a `key_dtype` layer takes (the ids themselves,
+    or the strings `"id<value>"`), and the labels."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 2**62, 30_000, dtype=np.int64)
+    y = rng.integers(0, 2, 30_000).astype("float32")
+    if key_dtype == "int64":
+        return ids, ids, y
+    return ids, np.array([f"id{i}" for i in ids], object), y
+
+
+def memorization_accuracy(layers, x, y, key_dtype):
+    """`layers` → `Dense(1, sigmoid)`, `LazyAdam(0.05)`, 6 epochs of batch
+    2,048 on `(x, y)`; returns the training accuracy (`evaluate` on the same
+    ids) and the model."""
+    import keras_lookup
+
+    model = keras.Sequential(
+        [
+            keras.Input((), dtype=key_dtype),
+            *layers,
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(
+        keras_lookup.optimizers.LazyAdam(0.05),
+        "binary_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, batch_size=2048, epochs=6, verbose=0)
+    return model.evaluate(x, y, batch_size=8192, verbose=0)[1], model
+
+
 def check_resume(build, x, y, save, load):
     """Checks that training resumed from saved state ends where an
     uninterrupted run does.

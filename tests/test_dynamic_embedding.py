@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from dynamic_reference import FREE, ReferenceMap
-from helpers import run_layer_test
+from helpers import memorization_accuracy, memorization_task, run_layer_test
 
 import keras_lookup
 from keras_lookup import _dynamic
@@ -95,32 +95,12 @@ def test_config_round_trip_with_every_argument():
     )
 
 
-def memorization_accuracy(layers, x, y, key_dtype):
-    model = keras.Sequential(
-        [
-            keras.Input((), dtype=key_dtype),
-            *layers,
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile(
-        keras_lookup.optimizers.LazyAdam(0.05),
-        "binary_crossentropy",
-        metrics=["accuracy"],
-    )
-    model.fit(x, y, batch_size=2048, epochs=6, verbose=0)
-    return model.evaluate(x, y, batch_size=8192, verbose=0)[1], model
-
-
 @pytest.mark.parametrize("key_dtype", ["int64", "string"])
 def test_memorizes_random_ids_where_hashing_cannot(key_dtype):
     # The check: 30,000 random ids from [0, 2**62), random labels,
     # 32,768 rows. Hashing makes ~60% of the ids share a row with another
     # (benchmarks/memorization.py).
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 2**62, 30_000, dtype=np.int64)
-    y = rng.integers(0, 2, 30_000).astype("float32")
-    x = keys_of(ids, key_dtype) if key_dtype == "string" else ids
+    ids, x, y = memorization_task(0, key_dtype)
     dynamic, model = memorization_accuracy(
         [keras_lookup.DynamicEmbedding(32_768, 8, key_dtype=key_dtype)],
         x,
