@@ -399,6 +399,7 @@ def _state_gib(system, vocab):
     table = vocab * SCALE_DIM * 4 / 2**30
     per_row = {"lazy_adam": 2 * table, "rowwise_adagrad": vocab * 4 / 2**30}
     per_row["rowwise_adam"] = table + vocab * 4 / 2**30
+    per_row["lazy_adagrad"] = table  # not timed here; in the sizing table
     per_row["keras_adam"] = 2 * table
     return table + per_row[system]
 
@@ -501,12 +502,12 @@ def scale_sizing(latest):
             f"| {SCALE_LABELS[system]}, V = {vocab:,} | {state:.2f} | {peak:.2f} "
             f"| {over:.2f} |"
         )
-    per_row = {
-        "LazyRowwiseAdagrad": SCALE_DIM * 4 + 4,
-        "LazyRowwiseAdagrad, bfloat16 table": SCALE_DIM * 2 + 4,
-        "LazyRowwiseAdam": SCALE_DIM * 4 * 2 + 4,
-        "LazyAdagrad": SCALE_DIM * 4 * 2,
-        "LazyAdam": SCALE_DIM * 4 * 3,
+    optimizers = {
+        "LazyRowwiseAdagrad": "rowwise_adagrad",
+        "LazyRowwiseAdagrad, bfloat16 table": "rowwise_adagrad_bf16",
+        "LazyRowwiseAdam": "rowwise_adam",
+        "LazyAdagrad": "lazy_adagrad",
+        "LazyAdam": "lazy_adam",
     }
     sizing = [
         "| optimizer | bytes a row (table + state) | "
@@ -514,7 +515,8 @@ def scale_sizing(latest):
         + " |",
         "|---|---|" + "---|" * len(BUDGETS_GIB),
     ]
-    for name, size in per_row.items():
+    for name, system in optimizers.items():
+        size = round(_state_gib(system, 1) * 2**30)
         fits = [int((b - worst) * 2**30 / size / 1e6) for b in BUDGETS_GIB]
         sizing.append(
             f"| {name} | {size} | " + " | ".join(f"{n}M" for n in fits) + " |"
